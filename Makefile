@@ -1,0 +1,47 @@
+# ledger_stream — what a newcomer can run. `make help` lists it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-unit test-integration lint typecheck schemas bench broker worker clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the package with its dev tools
+
+demo: $(STAMP) ## start an embedded broker and a worker, run transfers, check the books
+	$(BIN)/ledger-stream demo
+
+test: $(STAMP) lint typecheck ## lint, type-check and run every test (unit, integration, end-to-end)
+	$(BIN)/pytest
+
+test-unit: $(STAMP) ## only the fast unit tests
+	$(BIN)/pytest tests/unit
+
+test-integration: $(STAMP) ## only the tests against the embedded broker
+	$(BIN)/pytest tests/integration tests/e2e
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check ledger_stream agents tests
+	$(BIN)/ruff format --check ledger_stream agents tests
+
+typecheck: $(STAMP) ## mypy
+	$(BIN)/mypy
+
+schemas: $(STAMP) ## regenerate schemas/*.json from the message models
+	$(BIN)/python -m ledger_stream.schemas
+
+broker: $(STAMP) ## run the embedded broker in the foreground (prints its address)
+	$(BIN)/ledger-stream broker
+
+clean: ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .ledger-data

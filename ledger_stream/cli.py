@@ -1,0 +1,131 @@
+"""The `ledger-stream` command: broker, worker, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ledger_stream.errors import LedgerError
+from ledger_stream.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    try:
+        return int(args.run(args) or 0)
+    except ValidationError as error:
+        print(f"configuration error: {_describe_settings_error(error)}", file=sys.stderr)
+        return EXIT_CONFIG
+    except LedgerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ledger-stream", description="A double-entry ledger on Kafka."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    broker = commands.add_parser("broker", help="run the embedded Kafka-compatible broker")
+    broker.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    broker.set_defaults(run=_broker)
+
+    worker = commands.add_parser("worker", help="run a ledger worker (creates missing topics)")
+    worker.add_argument("--bootstrap", help="Kafka bootstrap servers (LEDGER_BOOTSTRAP_SERVERS)")
+    worker.add_argument("--data-dir", type=Path, help="local state directory (LEDGER_DATA_DIR)")
+    worker.add_argument(
+        "--web-port", type=int, help="HTTP port, 0 for a free one (LEDGER_WEB_PORT)"
+    )
+    worker.add_argument("--partitions", type=int, help="partition count (LEDGER_PARTITIONS)")
+    worker.set_defaults(run=_worker)
+
+    demo = commands.add_parser(
+        "demo", help="run a broker, workers and a load, then check the books"
+    )
+    demo.add_argument("--accounts", type=int, default=200)
+    demo.add_argument("--transfers", type=int, default=20_000)
+    demo.add_argument("--workers", type=int, default=1)
+    demo.add_argument("--bootstrap", help="use this Kafka instead of starting the embedded broker")
+    demo.add_argument("--partitions", type=int, default=None)
+    demo.add_argument("--json", action="store_true", help="last line: one JSON object of figures")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """Settings from the environment, with the flags that were given on top."""
+    flags = {
+        "bootstrap_servers": getattr(args, "bootstrap", None),
+        "data_dir": getattr(args, "data_dir", None),
+        "web_port": getattr(args, "web_port", None),
+        "partitions": getattr(args, "partitions", None),
+        **overrides,
+    }
+    return Settings(**{name: value for name, value in flags.items() if value is not None})
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from ledger_stream.kafka.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=args.port)
+    broker.start()
+    print(f"embedded broker (Tansu, memory storage) listening on {broker.bootstrap}", flush=True)
+    print(f"  ledger-stream worker --bootstrap {broker.bootstrap}", flush=True)
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    try:
+        stopped.wait()
+    finally:
+        broker.stop()
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from ledger_stream.kafka.broker import free_port
+    from ledger_stream.worker import run_worker
+
+    settings = settings_from(args)
+    if settings.web_port == 0:
+        settings = settings.model_copy(update={"web_port": free_port(settings.web_host)})
+    run_worker(settings)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ledger_stream.demo import run_demo
+
+    return run_demo(args)
+
+
+def _describe_settings_error(error: ValidationError) -> str:
+    problems = []
+    for issue in error.errors():
+        name = str(issue["loc"][0]) if issue["loc"] else "settings"
+        problems.append(f"{name} (LEDGER_{name.upper()}): {issue['msg']}")
+    return "; ".join(problems)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,440 @@
+"""The ledger's decision core: pure, synchronous, no I/O and no clock.
+
+`decide` takes the prefetched state of one partition and a batch of inputs (commands and
+transfer legs, in log order) and returns the new state, the journal events, the results and
+the legs to send. Rejections are values; an exception here is a bug and stops the partition.
+
+Rejection codes, in the order they are checked (the first that applies is returned):
+
+1.  ``exists_with_different_payload`` - the command id was decided before with another payload
+    (the same payload returns the original outcome, marked ``duplicate``, and moves nothing)
+2.  ``account_reserved``       - a command names a system account (``@world``, ``@transit``)
+3.  ``invalid_amount``         - amount (or overdraft limit) is zero or negative
+4.  ``amount_too_large``       - amount (or overdraft limit) is above ``money.AMOUNT_MAX``
+5.  ``accounts_must_be_different`` - a transfer to the account itself
+6.  ``account_exists``         - ``open_account`` for an account that exists (open or closed)
+7.  ``account_not_found``      - the account (then the destination) was never opened
+8.  ``account_closed``         - the account (then the destination) is closed
+9.  ``currency_mismatch``      - the command's currency is not the account's (then the
+    destination's)
+10. ``balance_not_zero``       - ``close_account`` while money is still on the account
+11. ``insufficient_funds``     - a debit past the balance plus the overdraft limit
+12. ``overflow``               - posted debits or credits would pass ``money.BALANCE_MAX``
+
+The destination of a cross-partition transfer is checked by its own writer (checks 7-9 and
+12); when it refuses, the money comes back through ``@transit`` and the transfer's result is a
+rejection with the destination's code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from ledger_stream.messages import (
+    AccountState,
+    CloseAccount,
+    Command,
+    Deposit,
+    JournalEvent,
+    Leg,
+    OpenAccount,
+    Outcome,
+    Posting,
+    Result,
+    Transfer,
+    Withdraw,
+)
+from ledger_stream.money import AMOUNT_MAX, BALANCE_MAX
+
+# Command types that move money, and those that take it from the acting account.
+MOVES = (Deposit, Withdraw, Transfer)
+DEBITS = (Withdraw, Transfer)
+
+WORLD = "@world"  # money entering and leaving the ledger
+TRANSIT = "@transit"  # money between the two legs of a cross-partition transfer
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One input of a batch: a command or a leg, with its record's timestamp."""
+
+    message: Command | Leg
+    timestamp_ms: int
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A result and the results partition it is written to (None: by its key)."""
+
+    result: Result
+    partition: int | None
+
+
+@dataclass
+class Decision:
+    """Everything one batch changes: state to write, then messages to send."""
+
+    accounts: dict[str, AccountState] = field(default_factory=dict)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    journal: list[JournalEvent] = field(default_factory=list)
+    results: list[Reply] = field(default_factory=list)
+    legs: list[Leg] = field(default_factory=list)
+
+    def emit(
+        self, outcome: Outcome, reply_partition: int | None, *, duplicate: bool = False
+    ) -> None:
+        if outcome.result is not None:
+            result = outcome.result
+            if duplicate:
+                result = result.model_copy(update={"duplicate": True})
+            self.results.append(Reply(result, reply_partition))
+        self.journal.extend(outcome.journal)
+        self.legs.extend(outcome.legs)
+
+
+def outcome_key(message: Command | Leg) -> str:
+    """Key of the outcome that makes `message` idempotent (commands and legs never collide)."""
+    if isinstance(message, Leg):
+        return f"leg:{message.type}:{message.transfer_id}"
+    return f"cmd:{message.command_id}"
+
+
+def fingerprint(message: Command | Leg) -> str:
+    fields: dict[str, Any] = (
+        message.model_dump() if isinstance(message, Leg) else message.fingerprint_fields()
+    )
+    return hashlib.blake2b(
+        orjson.dumps(fields, option=orjson.OPT_SORT_KEYS), digest_size=16
+    ).hexdigest()
+
+
+def accounts_to_prefetch(message: Command | Leg, is_local: Callable[[str], bool]) -> list[str]:
+    """Accounts `decide` reads for this input; the destination only when it is local."""
+    if isinstance(message, Transfer) and is_local(message.destination):
+        return [message.account, message.destination]
+    return [message.account]
+
+
+def outcomes_to_prefetch(message: Command | Leg) -> list[str]:
+    """Outcome keys `decide` reads for this input; a refund also updates its transfer's."""
+    if isinstance(message, Leg) and message.type == "refund":
+        return [outcome_key(message), f"cmd:{message.transfer_id}"]
+    return [outcome_key(message)]
+
+
+def decide(
+    accounts: Mapping[str, AccountState | None],
+    outcomes: Mapping[str, Outcome | None],
+    batch: Sequence[Incoming],
+    is_local: Callable[[str], bool],
+) -> Decision:
+    """Decide a batch of one partition, in order. Later inputs see earlier inputs' effects.
+
+    `accounts` and `outcomes` hold what was prefetched for every key the batch names
+    (None when absent). `is_local(account)` tells whether an account belongs to this
+    partition, so a transfer is posted in one event or split into legs.
+    """
+    state = _State(dict(accounts), dict(outcomes))
+    decision = Decision()
+    for incoming in batch:
+        message = incoming.message
+        key = outcome_key(message)
+        digest = fingerprint(message)
+        previous = state.outcome(key)
+        if previous is not None:
+            if previous.fingerprint == digest:
+                decision.emit(previous, message.reply_partition, duplicate=True)
+            else:
+                assert not isinstance(message, Leg), "a leg id is reused with another payload"
+                rejection = _rejected(message, "exists_with_different_payload", digest)
+                decision.results.append(Reply(rejection, message.reply_partition))
+            continue
+        if isinstance(message, Leg):
+            outcome = _apply_leg(state, message, incoming.timestamp_ms, digest, key)
+        else:
+            outcome = _apply_command(state, message, incoming.timestamp_ms, digest, is_local)
+        state.outcomes[key] = outcome
+        decision.emit(outcome, message.reply_partition)
+    decision.accounts = {name: state.accounts[name] for name in state.touched}  # type: ignore[misc]
+    decision.outcomes = {name: state.outcomes[name] for name in state.new_outcomes(outcomes)}  # type: ignore[misc]
+    return decision
+
+
+@dataclass
+class _State:
+    accounts: dict[str, AccountState | None]
+    outcomes: dict[str, Outcome | None]
+    touched: set[str] = field(default_factory=set)
+
+    def account(self, name: str) -> AccountState | None:
+        assert name in self.accounts, f"account {name!r} was not prefetched"
+        return self.accounts[name]
+
+    def outcome(self, key: str) -> Outcome | None:
+        assert key in self.outcomes, f"outcome {key!r} was not prefetched"
+        return self.outcomes[key]
+
+    def put(self, name: str, account: AccountState) -> None:
+        self.accounts[name] = account
+        self.touched.add(name)
+
+    def new_outcomes(self, before: Mapping[str, Outcome | None]) -> list[str]:
+        return [key for key, value in self.outcomes.items() if value is not before.get(key)]
+
+
+def _apply_command(
+    state: _State,
+    command: Command,
+    timestamp_ms: int,
+    digest: str,
+    is_local: Callable[[str], bool],
+) -> Outcome:
+    code = _check_command(state, command, is_local)
+    if code is not None:
+        return Outcome(fingerprint=digest, result=_rejected(command, code, digest))
+    # After this point the command must succeed: every check is above.
+    journal = _post_command(state, command, timestamp_ms, is_local)
+    in_transit = isinstance(command, Transfer) and not is_local(command.destination)
+    if in_transit:
+        assert isinstance(command, Transfer)
+        leg = Leg(
+            type="credit",
+            transfer_id=command.command_id,
+            source=command.account,
+            destination=command.destination,
+            amount=command.amount,
+            currency=command.currency,
+            reply_partition=command.reply_partition,
+            payload_digest=digest,
+        )
+        # The result comes from the destination's writer, once the money has landed.
+        return Outcome(fingerprint=digest, journal=journal, legs=[leg])
+    return Outcome(fingerprint=digest, result=_accepted(command, digest), journal=journal)
+
+
+def _check_command(state: _State, command: Command, is_local: Callable[[str], bool]) -> str | None:
+    """The guards of one command, in the precedence order of the module docstring."""
+    names = [command.account]
+    if isinstance(command, Transfer):
+        names.append(command.destination)
+    if any(name.startswith("@") for name in names):
+        return "account_reserved"
+    amount = _amount_of(command)
+    if amount is not None:
+        # An overdraft limit may be zero; an amount that moves money may not.
+        if amount < 0 or (amount == 0 and not isinstance(command, OpenAccount)):
+            return "invalid_amount"
+        if amount > AMOUNT_MAX:
+            return "amount_too_large"
+    if isinstance(command, Transfer) and command.destination == command.account:
+        return "accounts_must_be_different"
+    account = state.account(command.account)
+    if isinstance(command, OpenAccount):
+        return "account_exists" if account is not None else None
+    local_names = [n for n in names if n == command.account or is_local(n)]
+    for name in local_names:
+        found = state.account(name)
+        if found is None:
+            return "account_not_found"
+    for name in local_names:
+        if state.account(name).status == "closed":  # type: ignore[union-attr]
+            return "account_closed"
+    currency = getattr(command, "currency", None)
+    for name in local_names:
+        if currency is not None and state.account(name).currency != currency:  # type: ignore[union-attr]
+            return "currency_mismatch"
+    assert account is not None
+    if isinstance(command, CloseAccount):
+        if account.debits_posted != account.credits_posted or account.debits_pending:
+            return "balance_not_zero"
+        return None
+    assert amount is not None
+    if isinstance(command, DEBITS) and account.available < amount:
+        return "insufficient_funds"
+    if isinstance(command, Deposit) and account.credits_posted + amount > BALANCE_MAX:
+        return "overflow"
+    if isinstance(command, DEBITS) and account.debits_posted + amount > BALANCE_MAX:
+        return "overflow"
+    if isinstance(command, Transfer) and is_local(command.destination):
+        destination = state.account(command.destination)
+        assert destination is not None
+        if destination.credits_posted + amount > BALANCE_MAX:
+            return "overflow"
+    return None
+
+
+def _amount_of(command: Command) -> int | None:
+    if isinstance(command, OpenAccount):
+        return command.overdraft_limit
+    if isinstance(command, MOVES):
+        return command.amount
+    return None
+
+
+def _post_command(
+    state: _State, command: Command, timestamp_ms: int, is_local: Callable[[str], bool]
+) -> list[JournalEvent]:
+    entry = f"{command.command_id}:0"
+    common: dict[str, Any] = {
+        "entry_id": entry,
+        "command_id": command.command_id,
+        "account": command.account,
+        "timestamp_ms": timestamp_ms,
+        "metadata": command.metadata,
+    }
+    if isinstance(command, OpenAccount):
+        state.put(
+            command.account,
+            AccountState(currency=command.currency, overdraft_limit=command.overdraft_limit),
+        )
+        return [
+            JournalEvent(
+                kind="account_opened",
+                currency=command.currency,
+                postings=[],
+                overdraft_limit=command.overdraft_limit,
+                **common,
+            )
+        ]
+    account = state.account(command.account)
+    assert account is not None
+    if isinstance(command, CloseAccount):
+        state.put(command.account, account.model_copy(update={"status": "closed"}))
+        return [
+            JournalEvent(kind="account_closed", currency=account.currency, postings=[], **common)
+        ]
+    if isinstance(command, Deposit):
+        postings = _move(state, WORLD, command.account, command.amount)
+        return [
+            JournalEvent(kind="deposit", currency=command.currency, postings=postings, **common)
+        ]
+    if isinstance(command, Withdraw):
+        postings = _move(state, command.account, WORLD, command.amount)
+        return [
+            JournalEvent(kind="withdrawal", currency=command.currency, postings=postings, **common)
+        ]
+    assert isinstance(command, Transfer)
+    if is_local(command.destination):
+        postings = _move(state, command.account, command.destination, command.amount)
+        return [
+            JournalEvent(kind="transfer", currency=command.currency, postings=postings, **common)
+        ]
+    postings = _move(state, command.account, TRANSIT, command.amount)
+    return [
+        JournalEvent(kind="transfer_debit", currency=command.currency, postings=postings, **common)
+    ]
+
+
+def _apply_leg(state: _State, leg: Leg, timestamp_ms: int, digest: str, key: str) -> Outcome:
+    common: dict[str, Any] = {
+        "command_id": leg.transfer_id,
+        "account": leg.account,
+        "currency": leg.currency,
+        "timestamp_ms": timestamp_ms,
+    }
+    if leg.type == "refund":
+        postings = _move(state, TRANSIT, leg.source, leg.amount)
+        event = JournalEvent(
+            entry_id=f"{leg.transfer_id}:2", kind="transfer_refund", postings=postings, **common
+        )
+        result = _leg_result(leg, "rejected", leg.code)
+        # The source's own record of the transfer now carries its final answer.
+        command_key = f"cmd:{leg.transfer_id}"
+        original = state.outcome(command_key)
+        if original is not None:
+            state.outcomes[command_key] = original.model_copy(update={"result": result})
+        return Outcome(fingerprint=digest, result=result, journal=[event])
+    code = _check_credit(state, leg)
+    if code is not None:
+        refund = leg.model_copy(update={"type": "refund", "code": code})
+        return Outcome(fingerprint=digest, legs=[refund])
+    # After this point the credit must succeed.
+    postings = _move(state, TRANSIT, leg.destination, leg.amount)
+    event = JournalEvent(
+        entry_id=f"{leg.transfer_id}:1", kind="transfer_credit", postings=postings, **common
+    )
+    return Outcome(fingerprint=digest, result=_leg_result(leg, "accepted", None), journal=[event])
+
+
+def _check_credit(state: _State, leg: Leg) -> str | None:
+    account = state.account(leg.destination)
+    if account is None:
+        return "account_not_found"
+    if account.status == "closed":
+        return "account_closed"
+    if account.currency != leg.currency:
+        return "currency_mismatch"
+    if account.credits_posted + leg.amount > BALANCE_MAX:
+        return "overflow"
+    return None
+
+
+def _move(state: _State, debit: str, credit: str, amount: int) -> list[Posting]:
+    """Post `amount` from `debit` to `credit`; system accounts are journal-only."""
+    for name, side in ((debit, "debits_posted"), (credit, "credits_posted")):
+        if name.startswith("@"):
+            continue
+        account = state.account(name)
+        assert account is not None
+        updated = account.model_copy(update={side: getattr(account, side) + amount})
+        assert updated.debits_posted <= BALANCE_MAX and updated.credits_posted <= BALANCE_MAX
+        state.put(name, updated)
+    return [Posting(account=debit, debit=amount), Posting(account=credit, credit=amount)]
+
+
+def _accepted(command: Command, digest: str) -> Result:
+    return Result(
+        command_id=command.command_id,
+        status="accepted",
+        type=command.type,
+        account=command.account,
+        payload_digest=digest,
+    )
+
+
+def _rejected(command: Command, code: str, digest: str) -> Result:
+    return Result(
+        command_id=command.command_id,
+        status="rejected",
+        code=code,
+        type=command.type,
+        account=command.account,
+        reason=REASONS[code],
+        payload_digest=digest,
+    )
+
+
+def _leg_result(leg: Leg, status: Literal["accepted", "rejected"], code: str | None) -> Result:
+    return Result(
+        command_id=leg.transfer_id,
+        status=status,
+        code=code,
+        type="transfer",
+        account=leg.source,
+        reason=REASONS[code] if code else None,
+        payload_digest=leg.payload_digest,
+    )
+
+
+REASONS: dict[str, str] = {
+    "exists_with_different_payload": "this command_id was already used for another command",
+    "account_reserved": "accounts starting with '@' are system accounts",
+    "invalid_amount": "amounts must be positive integers of minor units",
+    "amount_too_large": f"amounts may not exceed {AMOUNT_MAX} minor units",
+    "accounts_must_be_different": "a transfer needs two different accounts",
+    "account_exists": "the account was already opened",
+    "account_not_found": "the account has not been opened",
+    "account_closed": "the account is closed",
+    "currency_mismatch": "the currency is not the account's currency",
+    "balance_not_zero": "an account can only be closed with a zero balance",
+    "insufficient_funds": "the debit exceeds the balance plus the overdraft limit",
+    "overflow": f"posted debits or credits would exceed {BALANCE_MAX}",
+    "invalid_command": "the message is not a valid command (see the dead-letter topic)",
+    "invalid_currency": "the currency is not a known ISO 4217 code",
+    "wrong_partition": "the command was not keyed by its account",
+}

@@ -1,0 +1,310 @@
+"""`ledger-stream demo`: a whole ledger at work, and the proof that its books balance.
+
+Starts what it needs (embedded broker, workers), opens and funds accounts, publishes
+transfers through LedgerClient (same- and cross-partition, some invalid, some repeated),
+then reads the journal back and checks it against what the results said.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ledger_stream.client import LedgerClient
+from ledger_stream.core import TRANSIT, WORLD
+from ledger_stream.journal import Books, fold, read_journal
+from ledger_stream.kafka.broker import EmbeddedBroker
+from ledger_stream.local import WorkerProcess
+from ledger_stream.messages import Result
+from ledger_stream.money import format_amount
+from ledger_stream.partitioning import partition_of
+from ledger_stream.settings import Settings
+from ledger_stream.topics import TopicNames, ensure_topics
+
+# Short group timeouts: a worker joins the embedded broker's group in seconds.
+FAST_GROUP_ENV = {
+    "LEDGER_REBALANCE_TIMEOUT_S": "5",
+    "LEDGER_SESSION_TIMEOUT_S": "6",
+    "LEDGER_HEARTBEAT_INTERVAL_S": "1",
+}
+OPENING_BALANCE = 100_000  # minor units: 1,000.00 per account
+IN_FLIGHT_MAX = 5_000  # transfers awaiting their result at once
+SETTLE_ATTEMPTS_MAX = 20
+
+
+@dataclass
+class Tally:
+    """What the demo sent and what came back."""
+
+    results: dict[str, Result] = field(default_factory=dict)
+    codes: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    expected: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    transfers_accepted: int = 0
+
+    def record(
+        self, result: Result, move: tuple[str, str, int] | None, *, funding: bool = False
+    ) -> None:
+        if not funding:
+            self.codes[result.code or "accepted"] += 1
+        if result.duplicate:
+            self.duplicates += 1
+            return
+        self.results[result.command_id] = result
+        if result.status == "accepted" and move is not None:
+            source, destination, amount = move
+            self.expected[source] -= amount
+            self.expected[destination] += amount
+            if not funding:
+                self.transfers_accepted += 1
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    say = _printer(args.json)
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ledger-demo-")))
+        bootstrap = args.bootstrap
+        if bootstrap is None:
+            broker = EmbeddedBroker(log_path=workdir / "broker.log")
+            broker.start()
+            stack.callback(broker.stop)
+            bootstrap = broker.bootstrap
+            say(f"embedded broker (Tansu) on {bootstrap}, pid {broker.pid}")
+        settings = Settings(
+            bootstrap_servers=bootstrap,
+            partitions=args.partitions or Settings().partitions,
+            topic_prefix=f"demo{int(time.time())}.",
+        )
+        asyncio.run(ensure_topics(settings))
+        env = {
+            **FAST_GROUP_ENV,
+            "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
+            "LEDGER_PARTITIONS": str(settings.partitions),
+        }
+        for number in range(args.workers):
+            worker = WorkerProcess(bootstrap, workdir / f"worker{number}", env=env)
+            worker.start()
+            stack.callback(worker.stop)
+            say(f"worker {number} pid {worker.pid}, log {worker.log_path}")
+        report = asyncio.run(_drive(args, settings, say))
+    if args.json:
+        print(json.dumps(report))
+    return 0 if report["invariants_ok"] else 1
+
+
+async def _drive(
+    args: argparse.Namespace, settings: Settings, say: Callable[[str], None]
+) -> dict[str, Any]:
+    rng = random.Random(args.seed)
+    tally = Tally()
+    accounts = [f"acct-{i:05d}" for i in range(args.accounts)]
+    euro = set(accounts[:: max(1, args.accounts // 10)][: max(1, args.accounts // 20)])
+    async with LedgerClient(
+        settings.bootstrap_servers, topic_prefix=settings.topic_prefix, timeout_s=120
+    ) as client:
+        say(f"opening and funding {len(accounts)} accounts (waiting for the workers to join)")
+        started = time.monotonic()
+        await asyncio.gather(
+            *(client.open_account(a, "EUR" if a in euro else "USD") for a in accounts)
+        )
+        funded = await asyncio.gather(
+            *(client.deposit(a, OPENING_BALANCE, "EUR" if a in euro else "USD") for a in accounts)
+        )
+        for account, result in zip(accounts, funded, strict=True):
+            tally.record(result, (WORLD, account, OPENING_BALANCE), funding=True)
+        say(f"  ready in {time.monotonic() - started:.1f} s")
+        dead_letters = await _send_bad_input(client)
+        plan = list(_plan_transfers(rng, accounts, euro, args.transfers))
+        say(f"publishing {len(plan)} transfers")
+        started = time.monotonic()
+        await _run_transfers(client, plan, tally, say)
+        elapsed = time.monotonic() - started
+    books = await _settled_books(settings, tally)
+    return _report(args, settings, tally, books, elapsed, dead_letters, euro, say)
+
+
+def _plan_transfers(
+    rng: random.Random, accounts: list[str], euro: set[str], count: int
+) -> list[tuple[str, dict[str, Any], tuple[str, str, int] | None]]:
+    """(command_id, transfer fields, money it moves if accepted) for each transfer to send."""
+    usd = [a for a in accounts if a not in euro]
+    plan: list[tuple[str, dict[str, Any], tuple[str, str, int] | None]] = []
+    for number in range(count):
+        roll = rng.random()
+        source, destination = rng.sample(usd, 2)
+        amount = rng.randint(1, 5_000)
+        if roll < 0.02:
+            amount = OPENING_BALANCE * 50  # insufficient_funds
+        elif roll < 0.04:
+            destination = f"ghost-{number}"  # account_not_found (often cross-partition)
+        elif roll < 0.06 and euro:
+            destination = rng.choice(sorted(euro))  # currency_mismatch
+        elif roll < 0.07:
+            destination = source  # accounts_must_be_different
+        elif roll < 0.08:
+            amount = 0  # invalid_amount
+        elif roll < 0.10 and plan:
+            plan.append(rng.choice(plan))  # the same command again: a duplicate
+            continue
+        elif roll < 0.11 and plan:
+            command_id, fields, _ = rng.choice(plan)
+            plan.append((command_id, {**fields, "amount": fields["amount"] + 1}, None))
+            continue
+        fields = {"source": source, "destination": destination, "amount": amount}
+        plan.append((f"tr-{number}", fields, (source, destination, amount)))
+    return plan
+
+
+async def _run_transfers(
+    client: LedgerClient,
+    plan: list[tuple[str, dict[str, Any], tuple[str, str, int] | None]],
+    tally: Tally,
+    say: Callable[[str], None],
+) -> None:
+    slots = asyncio.Semaphore(IN_FLIGHT_MAX)
+    done = 0
+
+    async def one(command_id: str, fields: dict[str, Any], move: Any) -> None:
+        nonlocal done
+        async with slots:
+            result = await client.transfer(
+                fields["source"],
+                fields["destination"],
+                fields["amount"],
+                "USD",
+                command_id=command_id,
+            )
+        tally.record(result, move)
+        done += 1
+
+    tasks = [asyncio.create_task(one(*item)) for item in plan]
+    started = time.monotonic()
+    progress = asyncio.create_task(_progress(lambda: done, len(plan), started, say))
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        progress.cancel()
+    say(f"  {done}/{len(plan)} decided")
+
+
+async def _progress(
+    done: Callable[[], int], total: int, started: float, say: Callable[[str], None]
+) -> None:
+    while True:
+        await asyncio.sleep(2)
+        elapsed = time.monotonic() - started
+        say(f"  {done()}/{total} decided ({done() / elapsed:,.0f} transfers/s)")
+
+
+async def _send_bad_input(client: LedgerClient) -> int:
+    """Two records the writer cannot read: they go to the dead-letter topic."""
+    client.send_raw("acct-00000", b"{this is not json")
+    client.send_raw("acct-00000", b'{"type": "teleport", "command_id": "bad-1", "account": "x"}')
+    await client.flush()
+    return 2
+
+
+async def _settled_books(settings: Settings, tally: Tally) -> Books:
+    """The journal's fold, once every accepted money movement shows in it."""
+    topic = TopicNames.from_settings(settings).journal
+    books = Books()
+    for _ in range(SETTLE_ATTEMPTS_MAX):
+        books = fold(await read_journal(settings.bootstrap_servers, topic))
+        if all(
+            books.balance(a, "USD") + books.balance(a, "EUR") == amount
+            for a, amount in tally.expected.items()
+            if not a.startswith("@")
+        ):
+            break
+        await asyncio.sleep(0.5)
+    return books
+
+
+def _report(
+    args: argparse.Namespace,
+    settings: Settings,
+    tally: Tally,
+    books: Books,
+    elapsed: float,
+    dead_letters: int,
+    euro: set[str],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    customer = [a for a in tally.expected if not a.startswith("@")]
+    mismatched = [
+        a for a in customer if books.balance(a, "EUR" if a in euro else "USD") != tally.expected[a]
+    ]
+    negative = [a for a in customer if books.balance(a, "EUR" if a in euro else "USD") < 0]
+    totals = books.totals()
+    transit = {c: books.balance(TRANSIT, c) for c in totals}
+    transfer_events = books.kinds["transfer"] + books.kinds["transfer_credit"]
+    checks = {
+        "every_event_balances": not books.unbalanced,
+        "total_is_zero": all(amount == 0 for amount in totals.values()),
+        "transit_is_zero": all(amount == 0 for amount in transit.values()),
+        "balances_match_results": not mismatched,
+        "no_account_overdrawn": not negative,
+        "each_accepted_transfer_posted_once": transfer_events == tally.transfers_accepted,
+    }
+    transfers_sent = sum(tally.codes.values())
+    rate = transfers_sent / elapsed if elapsed else 0.0
+    say("")
+    say(
+        f"transfers: {transfers_sent} in {elapsed:.1f} s = {rate:,.0f} transfers/s "
+        f"({settings.partitions} partitions, {args.workers} worker(s))"
+    )
+    for code, count in sorted(tally.codes.items(), key=lambda item: -item[1]):
+        say(f"  {code:32} {count:>8}")
+    say(f"  {'(of which duplicates)':32} {tally.duplicates:>8}")
+    say(f"dead letters: {dead_letters}")
+    say("trial balance (journal fold, credits - debits):")
+    for currency, total in sorted(totals.items()):
+        world = books.balance(WORLD, currency)
+        customers = total - world - transit[currency]
+        say(
+            f"  {currency}: customers {format_amount(customers, currency):>14}  "
+            f"@world {format_amount(world, currency):>14}  "
+            f"@transit {format_amount(transit[currency], currency):>8}  "
+            f"total {format_amount(total, currency)}"
+        )
+    for name, ok in checks.items():
+        say(f"  [{'ok' if ok else 'FAILED'}] {name.replace('_', ' ')}")
+    invariants_ok = all(checks.values())
+    say("the books balance" if invariants_ok else "INVARIANT FAILED")
+    return {
+        "transfers": transfers_sent,
+        "elapsed_s": round(elapsed, 3),
+        "transfers_per_s": round(rate, 1),
+        "accepted": tally.codes["accepted"],
+        "rejected": {c: n for c, n in tally.codes.items() if c != "accepted"},
+        "duplicates": tally.duplicates,
+        "dead_letters": dead_letters,
+        "journal_events": books.events,
+        "trial_balance": {
+            c: {"total": totals[c], "@world": books.balance(WORLD, c), "@transit": transit[c]}
+            for c in totals
+        },
+        "checks": checks,
+        "invariants_ok": invariants_ok,
+    }
+
+
+def _printer(quiet_json: bool) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        print(line, file=sys.stderr if quiet_json else sys.stdout, flush=True)
+
+    return say
+
+
+__all__ = ["Coroutine", "partition_of", "run_demo"]

@@ -1,0 +1,1 @@
+"""Kafka plumbing: the embedded broker, the Faust transport, batched record sending."""

@@ -1,0 +1,119 @@
+"""Worker processes on this machine, for the demo, the benchmark and the tests."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from ledger_stream.kafka.broker import free_port
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerProcess:
+    """`ledger-stream worker` as a child process, stopped by its pid."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        data_dir: Path,
+        *,
+        log_path: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.data_dir = data_dir
+        self.web_port = free_port()
+        self.log_path = log_path or data_dir.with_suffix(".log")
+        self.env = env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def start(self) -> WorkerProcess:
+        command = [
+            sys.executable,
+            "-m",
+            "ledger_stream.cli",
+            "worker",
+            "--bootstrap",
+            self.bootstrap,
+            "--data-dir",
+            str(self.data_dir),
+            "--web-port",
+            str(self.web_port),
+        ]
+        env = {**os.environ, **self.env}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        logger.info("started worker pid %d (log %s)", self.process.pid, self.log_path)
+        return self
+
+    def stop(self, timeout_s: float = 20.0) -> int | None:
+        """SIGTERM (Faust stops cleanly), then SIGKILL after `timeout_s`. Returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("worker pid %d ignored SIGTERM; killing it", self.process.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout_s)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL at once: a crash, for tests of recovery."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def wait_for_log(self, text: str, timeout_s: float = 120.0) -> bool:
+        """Wait until the worker's log contains `text` (e.g. Faust's "Worker ready")."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in self.log_path.read_text(errors="replace"):
+                return True
+            if not self.alive():
+                return False
+            time.sleep(0.2)
+        return False
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,238 @@
+"""Every message on every topic, as pydantic models: commands, legs, results, journal events,
+and the writer's table records. JSON Schemas in `schemas/` are generated from these.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+
+from ledger_stream.money import CURRENCY_EXPONENTS, parse_amount
+
+Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9@._:/+=-]+$")]
+Currency = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Z]{3}$",
+        description="ISO 4217 code; the exponent table is ledger_stream.money.CURRENCY_EXPONENTS",
+    ),
+]
+WireAmount = Annotated[
+    int,
+    WithJsonSchema(
+        {
+            "description": "Integer minor units, or a decimal string with at most the "
+            "currency's exponent of fraction digits. Floats and exponents are refused.",
+            "oneOf": [{"type": "integer"}, {"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}],
+        }
+    ),
+]
+Metadata = Annotated[dict[str, str], Field(max_length=32)]
+RejectionCode = str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CommandBase(Message):
+    command_id: Identifier = Field(description="Client-made idempotency key")
+    account: Identifier = Field(description="The account that acts first; the message key")
+    reply_partition: int | None = Field(
+        default=None, ge=0, description="Results partition the answer is written to"
+    )
+    metadata: Metadata | None = None
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """What makes two commands with one id the same command (not routing or metadata)."""
+        return self.model_dump(exclude={"reply_partition", "metadata"})
+
+
+class CurrencyField(Message):
+    currency: Currency
+
+    @field_validator("currency")
+    @classmethod
+    def _known_currency(cls, value: str) -> str:
+        if value not in CURRENCY_EXPONENTS:
+            raise ValueError(f"unknown currency {value!r}")
+        return value
+
+
+class AmountFields(CurrencyField):
+    amount: WireAmount
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _minor_units(cls, value: object, info: ValidationInfo) -> int:
+        currency = info.data.get("currency")
+        if currency is None:  # currency failed its own validation; report that instead
+            raise ValueError("amount cannot be read without a valid currency")
+        return parse_amount(value, currency)
+
+
+class OpenAccount(CommandBase, CurrencyField):
+    type: Literal["open_account"]
+    overdraft_limit: WireAmount = 0
+
+    @field_validator("overdraft_limit", mode="before")
+    @classmethod
+    def _overdraft_minor_units(cls, value: object, info: ValidationInfo) -> int:
+        currency = info.data.get("currency")
+        if currency is None:
+            raise ValueError("overdraft_limit cannot be read without a valid currency")
+        return parse_amount(value, currency)
+
+
+class Deposit(CommandBase, AmountFields):
+    type: Literal["deposit"]
+
+
+class Withdraw(CommandBase, AmountFields):
+    type: Literal["withdraw"]
+
+
+class Transfer(CommandBase, AmountFields):
+    type: Literal["transfer"]
+    destination: Identifier
+
+
+class CloseAccount(CommandBase):
+    type: Literal["close_account"]
+
+
+Command = Annotated[
+    OpenAccount | Deposit | Withdraw | Transfer | CloseAccount, Field(discriminator="type")
+]
+COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
+# A command message carries one command, or a JSON array of commands of one partition.
+COMMAND_BATCH_ADAPTER: TypeAdapter[list[Command]] = TypeAdapter(
+    Annotated[list[Command], Field(min_length=1, max_length=10_000)]
+)
+
+
+class Leg(Message):
+    """Writer-to-writer message for the second half of a cross-partition transfer.
+
+    `credit` goes to the destination's writer; `refund` comes back to the source's writer
+    when the destination refused, carrying its rejection code.
+    """
+
+    type: Literal["credit", "refund"]
+    transfer_id: Identifier
+    source: Identifier
+    destination: Identifier
+    amount: int = Field(gt=0)
+    currency: Currency
+    reply_partition: int | None = None
+    code: RejectionCode | None = None
+    payload_digest: str | None = Field(default=None, description="Of the transfer command")
+
+    @property
+    def account(self) -> str:
+        """The account whose writer handles this leg (the message key)."""
+        return self.destination if self.type == "credit" else self.source
+
+
+LEG_BATCH_ADAPTER: TypeAdapter[list[Leg]] = TypeAdapter(
+    Annotated[list[Leg], Field(min_length=1, max_length=1_000_000)]
+)
+
+
+class Result(Message):
+    """The answer to one command, keyed by `command_id`."""
+
+    command_id: str
+    status: Literal["accepted", "rejected"]
+    code: RejectionCode | None = None
+    duplicate: bool = False
+    type: str | None = Field(default=None, description="Command type, when it could be read")
+    account: str | None = None
+    reason: str | None = Field(default=None, description="Human-readable detail")
+    payload_digest: str | None = Field(
+        default=None,
+        description="Digest of the command payload this answers (ledger_stream.core.fingerprint)"
+        "; tells apart answers to two different commands sent with one command_id",
+    )
+
+
+class Posting(Message):
+    account: str
+    debit: int = Field(default=0, ge=0)
+    credit: int = Field(default=0, ge=0)
+
+
+class JournalEvent(Message):
+    """One balanced double-entry event, keyed by `entry_id` on a compacted topic."""
+
+    entry_id: str = Field(description="<command_id>:<leg>; deterministic, so re-sends collapse")
+    command_id: str
+    kind: Literal[
+        "account_opened",
+        "account_closed",
+        "deposit",
+        "withdrawal",
+        "transfer",
+        "transfer_debit",
+        "transfer_credit",
+        "transfer_refund",
+    ]
+    account: str = Field(description="The account this event is about (its writer posted it)")
+    currency: str
+    postings: list[Posting]
+    timestamp_ms: int = Field(description="Timestamp of the command record that caused it")
+    overdraft_limit: int | None = None
+    metadata: Metadata | None = None
+
+
+class AccountState(Message):
+    """The writer's record of one account (value of the accounts table)."""
+
+    currency: str
+    status: Literal["open", "closed"] = "open"
+    overdraft_limit: int = 0
+    debits_posted: int = 0
+    credits_posted: int = 0
+    debits_pending: int = 0
+    credits_pending: int = 0
+
+    @property
+    def balance(self) -> int:
+        return self.credits_posted - self.debits_posted
+
+    @property
+    def available(self) -> int:
+        """What a debit may take now: balance less pending debits plus the overdraft."""
+        return self.balance - self.debits_pending + self.overdraft_limit
+
+
+class Outcome(Message):
+    """What the writer decided for one command or leg, kept for idempotency.
+
+    A repeat re-sends these outputs; every consumer is idempotent by entry id or command id.
+    """
+
+    fingerprint: str
+    result: Result | None = None
+    journal: list[JournalEvent] = Field(default_factory=list)
+    legs: list[Leg] = Field(default_factory=list)
+
+
+# Message models whose JSON Schema is published in schemas/, by file stem.
+SCHEMA_MODELS: dict[str, Any] = {
+    "command": Command,
+    "leg": Leg,
+    "result": Result,
+    "journal_event": JournalEvent,
+    "account_state": AccountState,
+    "outcome": Outcome,
+}

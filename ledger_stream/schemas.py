@@ -1,0 +1,58 @@
+"""JSON Schemas of every message on every topic, generated from the pydantic models.
+
+`python -m ledger_stream.schemas` rewrites `schemas/`; a test fails when the files drift.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from ledger_stream.messages import SCHEMA_MODELS
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+# Which topic carries which message (key, value); documented in each schema's description.
+TOPICS = {
+    "command": "<prefix>commands (key: account; value: one command or a JSON array of them)",
+    "leg": "<prefix>legs (key: account; value: a JSON array of legs of one partition)",
+    "result": "<prefix>results (key: command_id)",
+    "journal_event": "<prefix>journal (key: entry_id; compacted)",
+    "account_state": "<prefix>writer-accounts-changelog (key: account)",
+    "outcome": "<prefix>writer-outcomes-changelog (key: cmd:<command_id> or leg:<type>:<id>)",
+}
+
+
+def render() -> dict[str, str]:
+    """File name -> JSON text of each schema."""
+    files = {}
+    for name, model in SCHEMA_MODELS.items():
+        schema: dict[str, Any] = TypeAdapter(model).json_schema()
+        schema = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"ledger_stream/{name}.json",
+            "x-topic": TOPICS[name],
+            **schema,
+        }
+        files[f"{name}.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+    return files
+
+
+def write(directory: Path = SCHEMA_DIR) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for file_name, text in render().items():
+        path = directory / file_name
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for path in write():
+        print(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
+    sys.exit(0)

@@ -1,0 +1,71 @@
+"""The one configuration object: every Kafka, RocksDB and HTTP option, from `LEDGER_*`
+environment variables (or a `.env` file) with command-line flags on top.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LEDGER_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    bootstrap_servers: str = Field(
+        default="localhost:9092", description="Kafka bootstrap servers, host:port[,host:port]"
+    )
+    topic_prefix: str = Field(
+        default="ledger.", pattern=r"^[A-Za-z0-9._-]*$", description="Prefix of every topic name"
+    )
+    partitions: int = Field(
+        default=8, ge=1, le=1024, description="Partitions of commands, legs, journal, results"
+    )
+    replication_factor: int = Field(default=1, ge=1, le=16)
+    data_dir: Path = Field(
+        default=Path(".ledger-data"), description="Worker's local state (RocksDB tables)"
+    )
+    batch_size_max: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Records the writer takes per batch (a record may carry many commands)",
+    )
+    batch_linger_ms: int = Field(
+        default=5, ge=0, le=10_000, description="How long the writer waits to fill a batch"
+    )
+    rebalance_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="Consumer group rebalance timeout"
+    )
+    session_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Consumer group session timeout: how long a dead worker keeps its partitions",
+    )
+    heartbeat_interval_s: float = Field(default=2.0, gt=0, le=60)
+    web_enabled: bool = Field(default=True, description="Serve /accounts/<id>/ over HTTP")
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=0, le=65535, description="0 picks a free port")
+    journal_retention_ms: int = Field(
+        default=-1, ge=-1, description="Journal retention (-1: keep forever; compacted)"
+    )
+    results_retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=-1)
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port], got {value!r}")
+        return value
+
+    @property
+    def app_id(self) -> str:
+        """Faust application id (consumer group and changelog topic prefix)."""
+        return f"{self.topic_prefix}writer"

@@ -1,0 +1,126 @@
+"""Topic names, their layouts, and creating them (or refusing a changed partition count)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from ledger_stream.errors import BrokerUnavailable, ConfigurationError
+from ledger_stream.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    commands: str
+    legs: str
+    journal: str
+    results: str
+    deadletter: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TopicNames:
+        prefix = settings.topic_prefix
+        return cls(
+            commands=f"{prefix}commands",
+            legs=f"{prefix}legs",
+            journal=f"{prefix}journal",
+            results=f"{prefix}results",
+            deadletter=f"{prefix}deadletter",
+        )
+
+
+def topic_layouts(settings: Settings) -> list[NewTopic]:
+    """Every topic the ledger owns. Commands, legs and journal are co-partitioned by account."""
+    names = TopicNames.from_settings(settings)
+    n, rf = settings.partitions, settings.replication_factor
+    journal_config = {
+        "cleanup.policy": "compact",
+        "retention.ms": str(settings.journal_retention_ms),
+    }
+    results_config = {
+        "cleanup.policy": "delete",
+        "retention.ms": str(settings.results_retention_ms),
+    }
+    return [
+        NewTopic(names.commands, n, rf, topic_configs={"cleanup.policy": "delete"}),
+        NewTopic(names.legs, n, rf, topic_configs={"cleanup.policy": "delete"}),
+        NewTopic(names.journal, n, rf, topic_configs=journal_config),
+        NewTopic(names.results, n, rf, topic_configs=results_config),
+        NewTopic(names.deadletter, 1, rf, topic_configs={"cleanup.policy": "delete"}),
+    ]
+
+
+# Partition counts that must equal `partitions`: the writer's tables follow them.
+_COPARTITIONED = ("commands", "legs", "journal", "results")
+
+
+async def ensure_topics(settings: Settings, *, attempts_max: int = 10) -> list[str]:
+    """Create missing topics; refuse to go on when an existing one has another partition count.
+    Returns the names of the topics it created.
+
+    Adding partitions moves accounts to other writers, whose tables do not hold them, so it
+    is refused here: drain the commands, create a new ledger (new prefix) with the new
+    count, and replay the journal into it (see README, "Changing the partition count").
+    """
+    admin = await _connected_admin(settings, attempts_max)
+    try:
+        existing = await _partition_counts(admin)
+        wanted = topic_layouts(settings)
+        names = TopicNames.from_settings(settings)
+        for field_name in _COPARTITIONED:
+            topic = getattr(names, field_name)
+            count = existing.get(topic)
+            if count is not None and count != settings.partitions:
+                raise ConfigurationError(
+                    f"topic {topic!r} has {count} partitions but partitions "
+                    f"(LEDGER_PARTITIONS) is {settings.partitions}; accounts would move "
+                    "between writers. Use the topic's count, or migrate (README)."
+                )
+        missing = [topic for topic in wanted if topic.name not in existing]
+        if missing:
+            await admin.create_topics(missing)
+            logger.info("created topics %s", ", ".join(t.name for t in missing))
+        return [topic.name for topic in missing]
+    finally:
+        await admin.close()
+
+
+async def _connected_admin(settings: Settings, attempts_max: int) -> AIOKafkaAdminClient:
+    delay_s = 0.5
+    for attempt in range(1, attempts_max + 1):
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+        try:
+            await admin.start()
+            return admin
+        except (KafkaConnectionError, KafkaError, OSError) as error:
+            await admin.close()
+            logger.warning(
+                "Kafka at %s is not reachable (%s); retrying in %.1f s (attempt %d of %d)",
+                settings.bootstrap_servers,
+                error,
+                delay_s,
+                attempt,
+                attempts_max,
+            )
+            if attempt == attempts_max:
+                break
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 10.0)
+    raise BrokerUnavailable(
+        f"no Kafka broker answered at {settings.bootstrap_servers} after {attempts_max} attempts;"
+        " check LEDGER_BOOTSTRAP_SERVERS and that the broker is running"
+    )
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
+    topics = await admin.list_topics()
+    if not topics:
+        return {}
+    described = await admin.describe_topics(list(topics))
+    return {entry["topic"]: len(entry["partitions"]) for entry in described}
