@@ -30,7 +30,7 @@ import rocksdict
 from aiokafka import AIOKafkaProducer
 from faust.types import TP, EventT, StreamT, TableT
 from faust.web import Request, Response, View
-from prometheus_client import Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import BaseModel
 
 from ledger_stream.core import (
@@ -334,6 +334,11 @@ def _install_views(app: faust.App, writer: Writer) -> None:
         state = AccountState.model_validate_json(raw)
         body = {"account": account, **state.model_dump()}
         return web.json({**body, "balance": state.balance, "available": state.available})
+
+    @app.page("/metrics/")
+    async def metrics_view(web: View, request: Request) -> Response:
+        # aiohttp takes the charset separately from the content type
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
 
 def _by_partition(events: Sequence[EventT]) -> dict[int, list[EventT]]:

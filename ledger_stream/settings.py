@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     batch_linger_ms: int = Field(
         default=5, ge=0, le=10_000, description="How long the writer waits to fill a batch"
     )
+    connect_attempts_max: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Tries to reach Kafka at start-up, with backoff from 0.5 s to 10 s",
+    )
     rebalance_timeout_s: float = Field(
         default=10.0, gt=0, le=600, description="Consumer group rebalance timeout"
     )

@@ -60,7 +60,7 @@ def topic_layouts(settings: Settings) -> list[NewTopic]:
 _COPARTITIONED = ("commands", "legs", "journal", "results")
 
 
-async def ensure_topics(settings: Settings, *, attempts_max: int = 10) -> list[str]:
+async def ensure_topics(settings: Settings) -> list[str]:
     """Create missing topics; refuse to go on when an existing one has another partition count.
     Returns the names of the topics it created.
 
@@ -68,7 +68,7 @@ async def ensure_topics(settings: Settings, *, attempts_max: int = 10) -> list[s
     is refused here: drain the commands, create a new ledger (new prefix) with the new
     count, and replay the journal into it (see README, "Changing the partition count").
     """
-    admin = await _connected_admin(settings, attempts_max)
+    admin = await _connected_admin(settings, settings.connect_attempts_max)
     try:
         existing = await _partition_counts(admin)
         wanted = topic_layouts(settings)
