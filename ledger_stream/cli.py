@@ -70,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="last line: one JSON object of figures")
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(run=_demo)
+
+    bench = commands.add_parser("bench", help="measure how many transfers a second are decided")
+    bench.add_argument("--accounts", type=int, default=1000)
+    bench.add_argument("--transfers", type=int, default=100_000)
+    bench.add_argument("--workers", type=int, default=1)
+    bench.add_argument("--partitions", type=int, default=None)
+    bench.add_argument("--bootstrap", help="use this Kafka instead of starting the embedded broker")
+    bench.add_argument("--json", action="store_true", help="print one JSON object of figures")
+    bench.add_argument("--seed", type=int, default=11)
+    bench.set_defaults(run=_bench)
     return parser
 
 
@@ -117,6 +127,12 @@ def _demo(args: argparse.Namespace) -> int:
     from ledger_stream.demo import run_demo
 
     return run_demo(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ledger_stream.bench import run_bench
+
+    return run_bench(args)
 
 
 def _describe_settings_error(error: ValidationError) -> str:

@@ -94,7 +94,12 @@ class Decision:
                 result = result.model_copy(update={"duplicate": True})
             self.results.append(Reply(result, reply_partition))
         self.journal.extend(outcome.journal)
-        self.legs.extend(outcome.legs)
+        if duplicate:
+            # The answer goes to whoever asked this time, which may be another client.
+            update = {"reply_partition": reply_partition}
+            self.legs.extend(leg.model_copy(update=update) for leg in outcome.legs)
+        else:
+            self.legs.extend(outcome.legs)
 
 
 def outcome_key(message: Command | Leg) -> str:
@@ -105,9 +110,8 @@ def outcome_key(message: Command | Leg) -> str:
 
 
 def fingerprint(message: Command | Leg) -> str:
-    fields: dict[str, Any] = (
-        message.model_dump() if isinstance(message, Leg) else message.fingerprint_fields()
-    )
+    """Digest of what makes a command (or leg) the same one again; routing is not part of it."""
+    fields: dict[str, Any] = message.fingerprint_fields()
     return hashlib.blake2b(
         orjson.dumps(fields, option=orjson.OPT_SORT_KEYS), digest_size=16
     ).hexdigest()

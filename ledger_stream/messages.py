@@ -137,6 +137,9 @@ class Leg(Message):
     code: RejectionCode | None = None
     payload_digest: str | None = Field(default=None, description="Of the transfer command")
 
+    def fingerprint_fields(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"reply_partition"})
+
     @property
     def account(self) -> str:
         """The account whose writer handles this leg (the message key)."""
