@@ -18,6 +18,8 @@ Rejection codes, in the order they are checked (the first that applies is return
 9.  ``currency_mismatch``      - the command's currency is not the account's (then the
     destination's)
 10. ``balance_not_zero``       - ``close_account`` while money is still on the account
+    ``transfer_in_transit``    - ``close_account`` while a transfer from it has not landed
+    (a refund may still come back to it)
 11. ``insufficient_funds``     - a debit past the balance plus the overdraft limit
 12. ``overflow``               - posted debits or credits would pass ``money.BALANCE_MAX``
 
@@ -112,6 +114,9 @@ def outcome_key(message: Command | Leg) -> str:
 def fingerprint(message: Command | Leg) -> str:
     """Digest of what makes a command (or leg) the same one again; routing is not part of it."""
     fields: dict[str, Any] = message.fingerprint_fields()
+    # Amounts past 64 bits are refused by `decide`, but still need a digest (orjson
+    # encodes only 64-bit integers).
+    fields = {k: str(v) if isinstance(v, int) and abs(v) >= 2**63 else v for k, v in fields.items()}
     return hashlib.blake2b(
         orjson.dumps(fields, option=orjson.OPT_SORT_KEYS), digest_size=16
     ).hexdigest()
@@ -125,8 +130,9 @@ def accounts_to_prefetch(message: Command | Leg, is_local: Callable[[str], bool]
 
 
 def outcomes_to_prefetch(message: Command | Leg) -> list[str]:
-    """Outcome keys `decide` reads for this input; a refund also updates its transfer's."""
-    if isinstance(message, Leg) and message.type == "refund":
+    """Outcome keys `decide` reads for this input; settle and refund legs also update the
+    outcome of their transfer at the source."""
+    if isinstance(message, Leg) and message.type != "credit":
         return [outcome_key(message), f"cmd:{message.transfer_id}"]
     return [outcome_key(message)]
 
@@ -159,7 +165,7 @@ def decide(
                 decision.results.append(Reply(rejection, message.reply_partition))
             continue
         if isinstance(message, Leg):
-            outcome = _apply_leg(state, message, incoming.timestamp_ms, digest, key)
+            outcome = _apply_leg(state, message, incoming.timestamp_ms, digest)
         else:
             outcome = _apply_command(state, message, incoming.timestamp_ms, digest, is_local)
         state.outcomes[key] = outcome
@@ -256,6 +262,8 @@ def _check_command(state: _State, command: Command, is_local: Callable[[str], bo
     if isinstance(command, CloseAccount):
         if account.debits_posted != account.credits_posted or account.debits_pending:
             return "balance_not_zero"
+        if account.debits_in_transit:
+            return "transfer_in_transit"
         return None
     assert amount is not None
     if isinstance(command, DEBITS) and account.available < amount:
@@ -329,40 +337,60 @@ def _post_command(
             JournalEvent(kind="transfer", currency=command.currency, postings=postings, **common)
         ]
     postings = _move(state, command.account, TRANSIT, command.amount)
+    source = state.account(command.account)
+    assert source is not None
+    in_transit = source.debits_in_transit + command.amount
+    state.put(command.account, source.model_copy(update={"debits_in_transit": in_transit}))
     return [
         JournalEvent(kind="transfer_debit", currency=command.currency, postings=postings, **common)
     ]
 
 
-def _apply_leg(state: _State, leg: Leg, timestamp_ms: int, digest: str, key: str) -> Outcome:
+def _apply_leg(state: _State, leg: Leg, timestamp_ms: int, digest: str) -> Outcome:
     common: dict[str, Any] = {
         "command_id": leg.transfer_id,
         "account": leg.account,
         "currency": leg.currency,
         "timestamp_ms": timestamp_ms,
     }
-    if leg.type == "refund":
-        postings = _move(state, TRANSIT, leg.source, leg.amount)
+    if leg.type == "credit":
+        code = _check_credit(state, leg)
+        if code is not None:
+            refund = leg.model_copy(update={"type": "refund", "code": code})
+            return Outcome(fingerprint=digest, legs=[refund])
+        # After this point the credit must succeed.
+        postings = _move(state, TRANSIT, leg.destination, leg.amount)
         event = JournalEvent(
-            entry_id=f"{leg.transfer_id}:2", kind="transfer_refund", postings=postings, **common
+            entry_id=f"{leg.transfer_id}:1", kind="transfer_credit", postings=postings, **common
         )
-        result = _leg_result(leg, "rejected", leg.code)
-        # The source's own record of the transfer now carries its final answer.
-        command_key = f"cmd:{leg.transfer_id}"
-        original = state.outcome(command_key)
-        if original is not None:
-            state.outcomes[command_key] = original.model_copy(update={"result": result})
-        return Outcome(fingerprint=digest, result=result, journal=[event])
-    code = _check_credit(state, leg)
-    if code is not None:
-        refund = leg.model_copy(update={"type": "refund", "code": code})
-        return Outcome(fingerprint=digest, legs=[refund])
-    # After this point the credit must succeed.
-    postings = _move(state, TRANSIT, leg.destination, leg.amount)
+        settle = leg.model_copy(update={"type": "settle"})
+        result = _leg_result(leg, "accepted", None)
+        return Outcome(fingerprint=digest, result=result, journal=[event], legs=[settle])
+    if leg.type == "settle":
+        _finish_at_source(state, leg, _leg_result(leg, "accepted", None), [])
+        return Outcome(fingerprint=digest)
+    postings = _move(state, TRANSIT, leg.source, leg.amount)
     event = JournalEvent(
-        entry_id=f"{leg.transfer_id}:1", kind="transfer_credit", postings=postings, **common
+        entry_id=f"{leg.transfer_id}:2", kind="transfer_refund", postings=postings, **common
     )
-    return Outcome(fingerprint=digest, result=_leg_result(leg, "accepted", None), journal=[event])
+    result = _leg_result(leg, "rejected", leg.code)
+    _finish_at_source(state, leg, result, [event])
+    return Outcome(fingerprint=digest, result=result, journal=[event])
+
+
+def _finish_at_source(state: _State, leg: Leg, result: Result, journal: list[JournalEvent]) -> None:
+    """The transfer has landed or come back: it is no longer in transit from its source, and
+    the source's record of the command now carries the final answer (and no legs to re-send,
+    since the destination has them)."""
+    source = state.account(leg.source)
+    assert source is not None and source.debits_in_transit >= leg.amount
+    in_transit = source.debits_in_transit - leg.amount
+    state.put(leg.source, source.model_copy(update={"debits_in_transit": in_transit}))
+    command_key = f"cmd:{leg.transfer_id}"
+    original = state.outcome(command_key)
+    assert original is not None, f"leg {leg.type} for a transfer {command_key} never posted"
+    update = {"result": result, "journal": [*original.journal, *journal], "legs": []}
+    state.outcomes[command_key] = original.model_copy(update=update)
 
 
 def _check_credit(state: _State, leg: Leg) -> str | None:
@@ -436,6 +464,7 @@ REASONS: dict[str, str] = {
     "account_closed": "the account is closed",
     "currency_mismatch": "the currency is not the account's currency",
     "balance_not_zero": "an account can only be closed with a zero balance",
+    "transfer_in_transit": "a transfer from the account has not landed yet; retry the close",
     "insufficient_funds": "the debit exceeds the balance plus the overdraft limit",
     "overflow": f"posted debits or credits would exceed {BALANCE_MAX}",
     "invalid_command": "the message is not a valid command (see the dead-letter topic)",

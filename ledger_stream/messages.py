@@ -123,11 +123,11 @@ COMMAND_BATCH_ADAPTER: TypeAdapter[list[Command]] = TypeAdapter(
 class Leg(Message):
     """Writer-to-writer message for the second half of a cross-partition transfer.
 
-    `credit` goes to the destination's writer; `refund` comes back to the source's writer
-    when the destination refused, carrying its rejection code.
+    `credit` goes to the destination's writer. Back to the source's writer goes `settle`
+    when the money landed, or `refund` with the destination's rejection code.
     """
 
-    type: Literal["credit", "refund"]
+    type: Literal["credit", "settle", "refund"]
     transfer_id: Identifier
     source: Identifier
     destination: Identifier
@@ -207,6 +207,9 @@ class AccountState(Message):
     credits_posted: int = 0
     debits_pending: int = 0
     credits_pending: int = 0
+    debits_in_transit: int = Field(
+        default=0, description="Debited to @transit for transfers that have not landed yet"
+    )
 
     @property
     def balance(self) -> int:
