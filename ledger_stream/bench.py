@@ -22,12 +22,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from ledger_stream.client import LedgerClient
-from ledger_stream.demo import FAST_GROUP_ENV
-from ledger_stream.kafka.broker import EmbeddedBroker
-from ledger_stream.local import WorkerProcess
+from ledger_stream.local import start_local_ledger
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
-from ledger_stream.topics import TopicNames, ensure_topics
+from ledger_stream.topics import TopicNames
 
 COMMANDS_PER_RECORD = 500
 REPLY_PARTITION = 0
@@ -36,27 +34,14 @@ REPLY_PARTITION = 0
 def run_bench(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ledger-bench-")))
-        bootstrap = args.bootstrap
-        if bootstrap is None:
-            broker = EmbeddedBroker(log_path=workdir / "broker.log")
-            broker.start()
-            stack.callback(broker.stop)
-            bootstrap = broker.bootstrap
-        settings = Settings(
-            bootstrap_servers=bootstrap,
-            partitions=args.partitions or Settings().partitions,
-            topic_prefix=f"bench{int(time.time())}.",
+        settings = start_local_ledger(
+            stack,
+            workdir,
+            name="bench",
+            bootstrap=args.bootstrap,
+            partitions=args.partitions,
+            workers=args.workers,
         )
-        asyncio.run(ensure_topics(settings))
-        env = {
-            **FAST_GROUP_ENV,
-            "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
-            "LEDGER_PARTITIONS": str(settings.partitions),
-        }
-        for number in range(args.workers):
-            worker = WorkerProcess(bootstrap, workdir / f"worker{number}", env=env)
-            worker.start()
-            stack.callback(worker.stop)
         figures = asyncio.run(_measure(args, settings))
     figures["machine"] = _machine()
     if args.json:

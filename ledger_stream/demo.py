@@ -24,20 +24,13 @@ from typing import Any
 from ledger_stream.client import LedgerClient
 from ledger_stream.core import TRANSIT, WORLD
 from ledger_stream.journal import Books, fold, read_journal
-from ledger_stream.kafka.broker import EmbeddedBroker
-from ledger_stream.local import WorkerProcess
+from ledger_stream.local import start_local_ledger
 from ledger_stream.messages import Result
 from ledger_stream.money import format_amount
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
-from ledger_stream.topics import TopicNames, ensure_topics
+from ledger_stream.topics import TopicNames
 
-# Short group timeouts: a worker joins the embedded broker's group in seconds.
-FAST_GROUP_ENV = {
-    "LEDGER_REBALANCE_TIMEOUT_S": "5",
-    "LEDGER_SESSION_TIMEOUT_S": "6",
-    "LEDGER_HEARTBEAT_INTERVAL_S": "1",
-}
 OPENING_BALANCE = 100_000  # minor units: 1,000.00 per account
 IN_FLIGHT_MAX = 5_000  # transfers awaiting their result at once
 SETTLE_ATTEMPTS_MAX = 20
@@ -74,29 +67,15 @@ def run_demo(args: argparse.Namespace) -> int:
     say = _printer(args.json)
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ledger-demo-")))
-        bootstrap = args.bootstrap
-        if bootstrap is None:
-            broker = EmbeddedBroker(log_path=workdir / "broker.log")
-            broker.start()
-            stack.callback(broker.stop)
-            bootstrap = broker.bootstrap
-            say(f"embedded broker (Tansu) on {bootstrap}, pid {broker.pid}")
-        settings = Settings(
-            bootstrap_servers=bootstrap,
-            partitions=args.partitions or Settings().partitions,
-            topic_prefix=f"demo{int(time.time())}.",
+        settings = start_local_ledger(
+            stack,
+            workdir,
+            name="demo",
+            bootstrap=args.bootstrap,
+            partitions=args.partitions,
+            workers=args.workers,
+            say=say,
         )
-        asyncio.run(ensure_topics(settings))
-        env = {
-            **FAST_GROUP_ENV,
-            "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
-            "LEDGER_PARTITIONS": str(settings.partitions),
-        }
-        for number in range(args.workers):
-            worker = WorkerProcess(bootstrap, workdir / f"worker{number}", env=env)
-            worker.start()
-            stack.callback(worker.stop)
-            say(f"worker {number} pid {worker.pid}, log {worker.log_path}")
         report = asyncio.run(_drive(args, settings, say))
     if args.json:
         print(json.dumps(report))

@@ -1,7 +1,9 @@
-"""Worker processes on this machine, for the demo, the benchmark and the tests."""
+"""A ledger on this machine (embedded broker, worker processes), for the demo, the benchmark
+and the tests."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -9,10 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from ledger_stream.kafka.broker import free_port
+from ledger_stream.kafka.broker import EmbeddedBroker, free_port
+from ledger_stream.settings import Settings
+from ledger_stream.topics import ensure_topics
 
 logger = logging.getLogger(__name__)
 
@@ -117,3 +122,48 @@ class WorkerProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# Short group timeouts: a worker joins the embedded broker's group in seconds.
+FAST_GROUP_ENV = {
+    "LEDGER_REBALANCE_TIMEOUT_S": "5",
+    "LEDGER_SESSION_TIMEOUT_S": "6",
+    "LEDGER_HEARTBEAT_INTERVAL_S": "1",
+}
+
+
+def start_local_ledger(
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    *,
+    name: str,
+    bootstrap: str | None,
+    partitions: int | None,
+    workers: int,
+    say: Callable[[str], None] = lambda line: None,
+) -> Settings:
+    """Start what a run needs (the embedded broker unless `bootstrap` is given, fresh topics
+    under a prefix of their own, `workers` worker processes); `stack` stops them all."""
+    if bootstrap is None:
+        broker = EmbeddedBroker(log_path=workdir / "broker.log")
+        broker.start()
+        stack.callback(broker.stop)
+        bootstrap = broker.bootstrap
+        say(f"embedded broker (Tansu) on {bootstrap}, pid {broker.pid}")
+    settings = Settings(
+        bootstrap_servers=bootstrap,
+        partitions=partitions or Settings().partitions,
+        topic_prefix=f"{name}{int(time.time())}.",
+    )
+    asyncio.run(ensure_topics(settings))
+    env = {
+        **FAST_GROUP_ENV,
+        "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
+        "LEDGER_PARTITIONS": str(settings.partitions),
+    }
+    for number in range(workers):
+        worker = WorkerProcess(bootstrap, workdir / f"worker{number}", env=env)
+        worker.start()
+        stack.callback(worker.stop)
+        say(f"worker {number} pid {worker.pid}, log {worker.log_path}")
+    return settings

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ledger_stream.kafka.broker import EmbeddedBroker, free_port
-from ledger_stream.local import WorkerProcess
+from ledger_stream.local import FAST_GROUP_ENV, WorkerProcess
 from ledger_stream.settings import Settings
 from ledger_stream.topics import ensure_topics
 
@@ -18,12 +18,6 @@ _HERE = Path(__file__).resolve().parent
 
 #: Partitions of every ledger the integration tests create.
 PARTITIONS = 4
-#: On the embedded broker a worker joins its group in a few seconds only with short timeouts.
-FAST_GROUP_ENV = {
-    "LEDGER_REBALANCE_TIMEOUT_S": "5",
-    "LEDGER_SESSION_TIMEOUT_S": "6",
-    "LEDGER_HEARTBEAT_INTERVAL_S": "1",
-}
 WORKER_READY_TIMEOUT_S = 90.0
 
 
