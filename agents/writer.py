@@ -198,11 +198,10 @@ class Writer:
         batch: list[Incoming] = []
         for event in group:
             read = read_record(_record(event, self.topics.legs), is_here)
-            if isinstance(read, DeadLetter):
-                outbox.dead_letters.append(read)
-                outbox.results.extend(read.replies)
-            else:
-                batch.extend(read)
+            batch.extend(read.inputs)
+            if read.dead_letter is not None:
+                outbox.dead_letters.append(read.dead_letter)
+                outbox.results.extend(read.dead_letter.replies)
         if not batch:
             return
         BATCH_SIZE.observe(len(batch))

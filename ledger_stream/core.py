@@ -22,6 +22,7 @@ Rejection codes, in the order they are checked (the first that applies is return
     (a refund may still come back to it)
 11. ``insufficient_funds``     - a debit past the balance plus the overdraft limit
 12. ``overflow``               - posted debits or credits would pass ``money.BALANCE_MAX``
+    (credits count what is in transit from the account, so a refund always fits)
 
 The destination of a cross-partition transfer is checked by its own writer (checks 7-9 and
 12); when it refuses, the money comes back through ``@transit`` and the transfer's result is a
@@ -159,8 +160,13 @@ def decide(
         if previous is not None:
             if previous.fingerprint == digest:
                 decision.emit(previous, message.reply_partition, duplicate=True)
+            elif isinstance(message, Leg):
+                # Command ids are unique per partition; a transfer from another partition may
+                # reuse the id of one already credited here. It goes back to its source.
+                assert message.type == "credit", f"{key} reused at the source partition"
+                code = "exists_with_different_payload"
+                decision.legs.append(message.model_copy(update={"type": "refund", "code": code}))
             else:
-                assert not isinstance(message, Leg), "a leg id is reused with another payload"
                 rejection = _rejected(message, "exists_with_different_payload", digest)
                 decision.results.append(Reply(rejection, message.reply_partition))
             continue
@@ -268,14 +274,15 @@ def _check_command(state: _State, command: Command, is_local: Callable[[str], bo
     assert amount is not None
     if isinstance(command, DEBITS) and account.available < amount:
         return "insufficient_funds"
-    if isinstance(command, Deposit) and account.credits_posted + amount > BALANCE_MAX:
+    if isinstance(command, Deposit) and account.credit_headroom < amount:
         return "overflow"
     if isinstance(command, DEBITS) and account.debits_posted + amount > BALANCE_MAX:
         return "overflow"
-    if isinstance(command, Transfer) and is_local(command.destination):
-        destination = state.account(command.destination)
-        assert destination is not None
-        if destination.credits_posted + amount > BALANCE_MAX:
+    if isinstance(command, Transfer):
+        if not is_local(command.destination) and account.credit_headroom < amount:
+            return "overflow"  # the refund, should one come, must fit
+        destination = state.account(command.destination) if is_local(command.destination) else None
+        if destination is not None and destination.credit_headroom < amount:
             return "overflow"
     return None
 
@@ -401,7 +408,7 @@ def _check_credit(state: _State, leg: Leg) -> str | None:
         return "account_closed"
     if account.currency != leg.currency:
         return "currency_mismatch"
-    if account.credits_posted + leg.amount > BALANCE_MAX:
+    if account.credit_headroom < leg.amount:
         return "overflow"
     return None
 

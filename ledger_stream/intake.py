@@ -9,17 +9,18 @@ result goes back to the client too.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from pydantic import ValidationError
 
 from ledger_stream.core import Incoming, Reply
 from ledger_stream.messages import (
     COMMAND_ADAPTER,
     COMMAND_BATCH_ADAPTER,
+    COMMAND_BATCH_MAX,
     LEG_BATCH_ADAPTER,
     CommandBase,
     Result,
@@ -56,33 +57,87 @@ class DeadLetter:
         ]
 
 
-def read_record(record: Record, is_here: Callable[[str], bool]) -> list[Incoming] | DeadLetter:
-    """Parse one record into core inputs, or say why it is a dead letter."""
-    if not record.value:
-        return DeadLetter(record, "empty message value")
+@dataclass(frozen=True)
+class Intake:
+    """What one record gives the core, and its dead letter when any part was refused."""
+
+    inputs: list[Incoming]
+    dead_letter: DeadLetter | None = None
+
+
+def read_record(record: Record, is_here: Callable[[str], bool]) -> Intake:
+    """Parse one record into core inputs; what cannot be used becomes its dead letter.
+
+    In a batch (a JSON array) each command stands alone: the good ones are decided, the bad
+    ones answered, and the record goes to the dead-letter topic naming the bad items.
+    """
+    value = record.value
+    if not value:
+        return Intake([], DeadLetter(record, "empty message value"))
     try:
-        messages: list[Any]
         if record.is_leg:
-            messages = LEG_BATCH_ADAPTER.validate_json(record.value)
-        elif record.value.lstrip()[:1] == b"[":
-            messages = COMMAND_BATCH_ADAPTER.validate_json(record.value)
+            messages: list[Any] = LEG_BATCH_ADAPTER.validate_json(value)
+        elif value.lstrip()[:1] == b"[":
+            messages = COMMAND_BATCH_ADAPTER.validate_json(value)
         else:
-            messages = [COMMAND_ADAPTER.validate_json(record.value)]
+            messages = [COMMAND_ADAPTER.validate_json(value)]
     except ValidationError as error:
-        return DeadLetter(record, _describe(error), _rejections(record.value, error))
-    elsewhere = [m.account for m in messages if not is_here(m.account)]
-    if elsewhere:
+        if record.is_leg:
+            return Intake([], DeadLetter(record, _describe(error)))
+        return _read_items(record, error, is_here)
+    return _placed(record, messages, is_here)
+
+
+def _read_items(record: Record, error: ValidationError, is_here: Callable[[str], bool]) -> Intake:
+    """The slow path for a record that failed as a whole: one command at a time."""
+    assert record.value is not None
+    try:
+        parsed = json.loads(record.value)  # not orjson: NaN must not hide a command id
+    except ValueError:
+        return Intake([], DeadLetter(record, _describe(error)))
+    batch = isinstance(parsed, list)
+    items = parsed if batch else [parsed]
+    if not items or len(items) > COMMAND_BATCH_MAX:
+        return Intake([], DeadLetter(record, _describe(error)))
+    commands: list[Any] = []
+    problems: list[str] = []
+    replies: list[Reply] = []
+    for index, item in enumerate(items):
+        try:
+            commands.append(COMMAND_ADAPTER.validate_python(item))
+        except ValidationError as item_error:
+            where = f"item {index}: " if batch else ""
+            problems.append(where + _describe(item_error))
+            replies.extend(_rejections(item, item_error))
+    return _placed(record, commands, is_here, problems, replies)
+
+
+def _placed(
+    record: Record,
+    messages: list[Any],
+    is_here: Callable[[str], bool],
+    problems: list[str] | None = None,
+    replies: list[Reply] | None = None,
+) -> Intake:
+    """Keep the messages whose account belongs to this partition; refuse the others."""
+    problems, replies = list(problems or []), list(replies or [])
+    inputs: list[Incoming] = []
+    for message in messages:
+        if is_here(message.account):
+            inputs.append(Incoming(message, record.timestamp_ms))
+            continue
         reason = (
-            f"account {elsewhere[0]!r} does not belong to partition {record.partition}; "
+            f"account {message.account!r} does not belong to partition {record.partition}; "
             "key command messages by account with Kafka's default partitioner"
         )
-        replies = tuple(
-            _rejection(m.command_id, "wrong_partition", reason, m.reply_partition)
-            for m in messages
-            if isinstance(m, CommandBase)
-        )
-        return DeadLetter(record, reason, replies)
-    return [Incoming(message, record.timestamp_ms) for message in messages]
+        problems.append(reason)
+        if isinstance(message, CommandBase):
+            replies.append(
+                _rejection(message.command_id, "wrong_partition", reason, message.reply_partition)
+            )
+    if not problems:
+        return Intake(inputs)
+    return Intake(inputs, DeadLetter(record, "; ".join(problems)[:1000], tuple(replies)))
 
 
 def _describe(error: ValidationError) -> str:
@@ -93,31 +148,31 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(problems)[:1000]
 
 
-def _rejections(value: bytes, error: ValidationError) -> tuple[Reply, ...]:
-    """Rejection results for the commands whose command_id can still be read."""
-    try:
-        parsed = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return ()
-    items = parsed if isinstance(parsed, list) else [parsed]
-    code = _code_for(error)
-    detail = _describe(error)
-    replies = []
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("command_id"), str):
-            continue
-        partition = item.get("reply_partition")
-        partition = partition if isinstance(partition, int) and partition >= 0 else None
-        replies.append(_rejection(item["command_id"][:128], code, detail, partition))
-    return tuple(replies)
+def _rejections(item: Any, error: ValidationError) -> list[Reply]:
+    """A rejection for a refused command whose command_id can still be read."""
+    if not isinstance(item, dict) or not isinstance(item.get("command_id"), str):
+        return []
+    partition = item.get("reply_partition")
+    if not isinstance(partition, int) or isinstance(partition, bool) or partition < 0:
+        partition = None
+    command_id = item["command_id"][:128]
+    return [_rejection(command_id, _code_for(error), _describe(error), partition)]
+
+
+# Fields whose own validation failing has a code of its own.
+_FIELD_CODES = {
+    "amount": "invalid_amount",
+    "overdraft_limit": "invalid_amount",
+    "currency": "invalid_currency",
+}
 
 
 def _code_for(error: ValidationError) -> str:
-    fields = {str(part) for issue in error.errors() for part in issue["loc"]}
-    if "currency" in fields:
-        return "invalid_currency"
-    if fields & {"amount", "overdraft_limit"}:
-        return "invalid_amount"
+    for issue in error.errors():
+        loc = issue["loc"]  # (command type, field, ...) for a command's own fields
+        field = str(loc[1]) if len(loc) == 2 else ""
+        if field in _FIELD_CODES and issue["type"] != "extra_forbidden":
+            return _FIELD_CODES[field]
     return "invalid_command"
 
 

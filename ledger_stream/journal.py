@@ -19,7 +19,11 @@ READ_TIMEOUT_MS = 1000
 
 
 async def read_journal(bootstrap_servers: str, topic: str) -> list[JournalEvent]:
-    """Every journal event from offset 0 to the true end of each partition, one per entry id."""
+    """Every journal event from offset 0 to the true end of each partition, once each.
+
+    Entry ids are unique within a journal partition (a re-sent event goes to the partition
+    it went to first), so events are deduplicated by (partition, entry id).
+    """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         enable_auto_commit=False,
@@ -34,7 +38,7 @@ async def read_journal(bootstrap_servers: str, topic: str) -> list[JournalEvent]
         ends = await true_end_offsets(bootstrap_servers, partitions)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        events: dict[str, JournalEvent] = {}
+        events: dict[tuple[int, str], JournalEvent] = {}
         remaining = {tp for tp in partitions if ends[tp] > 0}
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=READ_TIMEOUT_MS)
@@ -42,7 +46,7 @@ async def read_journal(bootstrap_servers: str, topic: str) -> list[JournalEvent]
                 for record in records:
                     if record.value is not None:
                         event = JournalEvent.model_validate_json(record.value)
-                        events[event.entry_id] = event
+                        events[(record.partition, event.entry_id)] = event
             remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
         return list(events.values())
     finally:

@@ -16,7 +16,7 @@ from pydantic import (
     field_validator,
 )
 
-from ledger_stream.money import CURRENCY_EXPONENTS, parse_amount
+from ledger_stream.money import BALANCE_MAX, CURRENCY_EXPONENTS, parse_amount
 
 Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9@._:/+=-]+$")]
 Currency = Annotated[
@@ -32,7 +32,7 @@ WireAmount = Annotated[
         {
             "description": "Integer minor units, or a decimal string with at most the "
             "currency's exponent of fraction digits. Floats and exponents are refused.",
-            "oneOf": [{"type": "integer"}, {"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}],
+            "oneOf": [{"type": "integer"}, {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$"}],
         }
     ),
 ]
@@ -48,7 +48,7 @@ class CommandBase(Message):
     command_id: Identifier = Field(description="Client-made idempotency key")
     account: Identifier = Field(description="The account that acts first; the message key")
     reply_partition: int | None = Field(
-        default=None, ge=0, description="Results partition the answer is written to"
+        default=None, ge=0, strict=True, description="Results partition the answer is written to"
     )
     metadata: Metadata | None = None
 
@@ -115,8 +115,9 @@ Command = Annotated[
 ]
 COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
 # A command message carries one command, or a JSON array of commands of one partition.
+COMMAND_BATCH_MAX = 10_000
 COMMAND_BATCH_ADAPTER: TypeAdapter[list[Command]] = TypeAdapter(
-    Annotated[list[Command], Field(min_length=1, max_length=10_000)]
+    Annotated[list[Command], Field(min_length=1, max_length=COMMAND_BATCH_MAX)]
 )
 
 
@@ -214,6 +215,11 @@ class AccountState(Message):
     @property
     def balance(self) -> int:
         return self.credits_posted - self.debits_posted
+
+    @property
+    def credit_headroom(self) -> int:
+        """Credits the account can still take, keeping room for refunds of what is in transit."""
+        return BALANCE_MAX - self.credits_posted - self.debits_in_transit
 
     @property
     def available(self) -> int:

@@ -54,7 +54,10 @@ CURRENCY_EXPONENTS: dict[str, int] = {
     **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
 }
 
-_DECIMAL = re.compile(r"^(-?)(\d{1,30})(?:\.(\d{1,30}))?$")
+# ASCII digits only, and nothing after them: `$` would also match before a final newline.
+_DECIMAL = re.compile(r"(-?)([0-9]{1,30})(?:\.([0-9]{1,30}))?")
+# Amounts of more digits than this are not amounts (an int or a string alike).
+_DIGITS_MAX = 30
 
 
 class AmountSyntaxError(ValueError):
@@ -81,13 +84,17 @@ def parse_amount(raw: object, currency: str) -> int:
             f" not {type(raw).__name__}"
         )
     if isinstance(raw, int):
+        if abs(raw) >= 10**_DIGITS_MAX:
+            raise AmountSyntaxError(f"amount has more than {_DIGITS_MAX} digits")
         return raw
-    match = _DECIMAL.match(raw)
+    match = _DECIMAL.fullmatch(raw)
     if match is None:
         raise AmountSyntaxError(
             f"amount {raw[:40]!r} is not a plain decimal string (digits, optional '.', no exponent)"
         )
     sign, whole, fraction = match.group(1), match.group(2), match.group(3) or ""
+    if currency not in CURRENCY_EXPONENTS:
+        raise AmountSyntaxError(f"unknown currency {currency!r}")
     exponent = exponent_of(currency)
     if len(fraction) > exponent:
         raise AmountSyntaxError(

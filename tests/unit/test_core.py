@@ -1,0 +1,1174 @@
+"""Tables of `decide`: one row per case, rejection codes in the documented precedence order.
+
+Storage is a hand-written in-memory store per partition (`fake_store.PartitionStore`) that
+prefetches with `accounts_to_prefetch`/`outcomes_to_prefetch` and writes back what `decide`
+returns, as the writer does.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from fake_store import PartitionStore, event_sum, postings_of
+
+from ledger_stream import core
+from ledger_stream.core import (
+    REASONS,
+    Decision,
+    Incoming,
+    accounts_to_prefetch,
+    decide,
+    fingerprint,
+    outcomes_to_prefetch,
+)
+from ledger_stream.messages import (
+    AccountState,
+    CloseAccount,
+    Command,
+    Deposit,
+    JournalEvent,
+    Leg,
+    OpenAccount,
+    Transfer,
+    Withdraw,
+)
+from ledger_stream.money import AMOUNT_MAX, BALANCE_MAX
+
+# The precedence order the module docstring of ledger_stream.core documents.
+PRECEDENCE = [
+    "exists_with_different_payload",
+    "account_reserved",
+    "invalid_amount",
+    "amount_too_large",
+    "accounts_must_be_different",
+    "account_exists",
+    "account_not_found",
+    "account_closed",
+    "currency_mismatch",
+    "balance_not_zero",
+    "transfer_in_transit",
+    "insufficient_funds",
+    "overflow",
+]
+
+
+# Commands, built as the intake builds them (amounts in minor units or decimal strings).
+
+
+def open_account(
+    account: str,
+    currency: str = "USD",
+    overdraft_limit: Any = 0,
+    command_id: str = "c1",
+    **extra: Any,
+) -> OpenAccount:
+    return OpenAccount(
+        type="open_account",
+        command_id=command_id,
+        account=account,
+        currency=currency,
+        overdraft_limit=overdraft_limit,
+        **extra,
+    )
+
+
+def deposit(
+    account: str, amount: Any, currency: str = "USD", command_id: str = "c1", **extra: Any
+) -> Deposit:
+    return Deposit(
+        type="deposit",
+        command_id=command_id,
+        account=account,
+        currency=currency,
+        amount=amount,
+        **extra,
+    )
+
+
+def withdraw(
+    account: str, amount: Any, currency: str = "USD", command_id: str = "c1", **extra: Any
+) -> Withdraw:
+    return Withdraw(
+        type="withdraw",
+        command_id=command_id,
+        account=account,
+        currency=currency,
+        amount=amount,
+        **extra,
+    )
+
+
+def transfer(
+    account: str,
+    destination: str,
+    amount: Any,
+    currency: str = "USD",
+    command_id: str = "c1",
+    **extra: Any,
+) -> Transfer:
+    return Transfer(
+        type="transfer",
+        command_id=command_id,
+        account=account,
+        destination=destination,
+        currency=currency,
+        amount=amount,
+        **extra,
+    )
+
+
+def close_account(account: str, command_id: str = "c1", **extra: Any) -> CloseAccount:
+    return CloseAccount(type="close_account", command_id=command_id, account=account, **extra)
+
+
+def usd(**posted: int) -> AccountState:
+    return AccountState(currency="USD", **posted)
+
+
+# One partition whose accounts are all local except those starting with "z".
+ACCOUNTS: dict[str, AccountState] = {
+    "alice": usd(credits_posted=100),
+    "bob": usd(),
+    "carol": AccountState(currency="USD", status="closed"),
+    "yen": AccountState(currency="JPY", credits_posted=1000),
+    "over": usd(overdraft_limit=50),
+    "owing": usd(overdraft_limit=50, debits_posted=10),
+    "emptied": usd(credits_posted=100, debits_posted=100),
+    "held": usd(credits_posted=100, debits_posted=100, debits_pending=5),
+    "full": usd(credits_posted=BALANCE_MAX - 5),
+    "sending": usd(credits_posted=100, debits_posted=30, debits_in_transit=30),
+    "sent": usd(credits_posted=100, debits_posted=100, debits_in_transit=100),
+    "spent": usd(
+        overdraft_limit=100, debits_posted=BALANCE_MAX - 5, credits_posted=BALANCE_MAX - 5
+    ),
+}
+
+
+def is_local(account: str) -> bool:
+    return not account.startswith("z")
+
+
+def store() -> PartitionStore:
+    return PartitionStore(is_local=is_local, accounts=dict(ACCOUNTS))
+
+
+def leg_fields(leg: Leg) -> tuple[Any, ...]:
+    return (
+        leg.type,
+        leg.transfer_id,
+        leg.source,
+        leg.destination,
+        leg.amount,
+        leg.currency,
+        leg.reply_partition,
+        leg.code,
+    )
+
+
+def result_fields(decision: Decision) -> list[tuple[Any, ...]]:
+    return [
+        (r.result.command_id, r.result.status, r.result.code, r.result.duplicate, r.partition)
+        for r in decision.results
+    ]
+
+
+def assert_balanced(journal: list[JournalEvent]) -> None:
+    for event in journal:
+        assert event_sum(event) == 0, f"{event.entry_id} does not balance"
+        assert all(p.debit == 0 or p.credit == 0 for p in event.postings)
+
+
+def test_precedence_table_is_the_order_the_core_documents() -> None:
+    # One code per line: "7.  ``account_not_found`` - ..." (a code added later may be unnumbered)
+    documented = re.findall(r"^(?:\d+\.)?\s+``(\w+)``\s+-", core.__doc__ or "", re.MULTILINE)
+    assert documented == PRECEDENCE
+    assert set(PRECEDENCE) <= set(REASONS)
+
+
+# Rejections: (case, command, code, later codes that also apply and must lose)
+REJECTED: list[tuple[str, Command, str, tuple[str, ...]]] = [
+    # open_account
+    ("open a system account", open_account("@world"), "account_reserved", ()),
+    (
+        "open with a negative overdraft",
+        open_account("dan", overdraft_limit=-1),
+        "invalid_amount",
+        (),
+    ),
+    (
+        "open with an overdraft above AMOUNT_MAX",
+        open_account("dan", overdraft_limit=AMOUNT_MAX + 1),
+        "amount_too_large",
+        (),
+    ),
+    ("open an open account", open_account("alice"), "account_exists", ()),
+    ("open a closed account", open_account("carol"), "account_exists", ()),
+    (
+        "open an account again in another currency",
+        open_account("alice", "EUR"),
+        "account_exists",
+        (),
+    ),
+    (
+        "open a system account with a negative overdraft",
+        open_account("@transit", overdraft_limit=-1),
+        "account_reserved",
+        ("invalid_amount",),
+    ),
+    (
+        "open an open account with a negative overdraft",
+        open_account("alice", overdraft_limit=-1),
+        "invalid_amount",
+        ("account_exists",),
+    ),
+    (
+        "open an open account with too large an overdraft",
+        open_account("alice", overdraft_limit=AMOUNT_MAX + 1),
+        "amount_too_large",
+        ("account_exists",),
+    ),
+    # deposit
+    ("deposit to @world", deposit("@world", 5), "account_reserved", ()),
+    ("deposit 0", deposit("alice", 0), "invalid_amount", ()),
+    ("deposit -1", deposit("alice", -1), "invalid_amount", ()),
+    ("deposit above AMOUNT_MAX", deposit("alice", AMOUNT_MAX + 1), "amount_too_large", ()),
+    ("deposit beyond 64 bits", deposit("alice", 10**29), "amount_too_large", ()),
+    ("withdraw minus 10**29", withdraw("alice", -(10**29)), "invalid_amount", ()),
+    ("transfer 2**64", transfer("alice", "zed", 2**64), "amount_too_large", ()),
+    (
+        "open with an overdraft of 2**64",
+        open_account("dan", overdraft_limit=2**64),
+        "amount_too_large",
+        (),
+    ),
+    ("deposit to an unknown account", deposit("nobody", 5), "account_not_found", ()),
+    ("deposit to a closed account", deposit("carol", 5), "account_closed", ()),
+    ("deposit in another currency", deposit("alice", 5, "EUR"), "currency_mismatch", ()),
+    ("deposit past BALANCE_MAX", deposit("full", 6), "overflow", ()),
+    ("deposit 0 to @transit", deposit("@transit", 0), "account_reserved", ("invalid_amount",)),
+    ("deposit -1 to a closed account", deposit("carol", -1), "invalid_amount", ("account_closed",)),
+    (
+        "deposit too much to an unknown account",
+        deposit("nobody", AMOUNT_MAX + 1),
+        "amount_too_large",
+        ("account_not_found",),
+    ),
+    (
+        "deposit another currency to an unknown account",
+        deposit("nobody", 5, "EUR"),
+        "account_not_found",
+        ("currency_mismatch",),
+    ),
+    (
+        "deposit another currency to a closed account",
+        deposit("carol", 5, "EUR"),
+        "account_closed",
+        ("currency_mismatch",),
+    ),
+    (
+        "deposit another currency past BALANCE_MAX",
+        deposit("full", 6, "EUR"),
+        "currency_mismatch",
+        ("overflow",),
+    ),
+    # withdraw
+    ("withdraw from @world", withdraw("@world", 5), "account_reserved", ()),
+    ("withdraw 0", withdraw("alice", 0), "invalid_amount", ()),
+    ("withdraw above AMOUNT_MAX", withdraw("alice", AMOUNT_MAX + 1), "amount_too_large", ()),
+    ("withdraw from an unknown account", withdraw("nobody", 5), "account_not_found", ()),
+    ("withdraw from a closed account", withdraw("carol", 5), "account_closed", ()),
+    ("withdraw in another currency", withdraw("yen", 5, "USD"), "currency_mismatch", ()),
+    ("withdraw past the balance", withdraw("alice", 101), "insufficient_funds", ()),
+    ("withdraw past the overdraft limit", withdraw("over", 51), "insufficient_funds", ()),
+    (
+        "withdraw past the overdraft limit when owing",
+        withdraw("owing", 41),
+        "insufficient_funds",
+        (),
+    ),
+    ("withdraw past BALANCE_MAX debits", withdraw("spent", 6), "overflow", ()),
+    (
+        "withdraw from a closed account more than it has",
+        withdraw("carol", 5),
+        "account_closed",
+        ("insufficient_funds",),
+    ),
+    (
+        "withdraw another currency past the balance",
+        withdraw("alice", 1000, "EUR"),
+        "currency_mismatch",
+        ("insufficient_funds",),
+    ),
+    (
+        "withdraw past the balance and BALANCE_MAX debits",
+        withdraw("spent", 101),
+        "insufficient_funds",
+        ("overflow",),
+    ),
+    # transfer, both accounts on this partition
+    ("transfer to @world", transfer("alice", "@world", 5), "account_reserved", ()),
+    ("transfer from @transit", transfer("@transit", "alice", 5), "account_reserved", ()),
+    ("transfer 0", transfer("alice", "bob", 0), "invalid_amount", ()),
+    ("transfer -5", transfer("alice", "bob", -5), "invalid_amount", ()),
+    ("transfer above AMOUNT_MAX", transfer("alice", "bob", AMOUNT_MAX + 1), "amount_too_large", ()),
+    ("transfer to itself", transfer("alice", "alice", 5), "accounts_must_be_different", ()),
+    ("transfer from an unknown account", transfer("nobody", "bob", 5), "account_not_found", ()),
+    ("transfer to an unknown account", transfer("alice", "nobody", 5), "account_not_found", ()),
+    ("transfer from a closed account", transfer("carol", "bob", 5), "account_closed", ()),
+    ("transfer to a closed account", transfer("alice", "carol", 5), "account_closed", ()),
+    (
+        "transfer in another currency than the source's",
+        transfer("alice", "bob", 5, "EUR"),
+        "currency_mismatch",
+        (),
+    ),
+    (
+        "transfer in another currency than the destination's",
+        transfer("alice", "yen", 5),
+        "currency_mismatch",
+        (),
+    ),
+    ("transfer past the balance", transfer("alice", "bob", 101), "insufficient_funds", ()),
+    ("transfer past the overdraft limit", transfer("over", "bob", 51), "insufficient_funds", ()),
+    (
+        "transfer past BALANCE_MAX credits of the destination",
+        transfer("alice", "full", 6),
+        "overflow",
+        (),
+    ),
+    ("transfer past BALANCE_MAX debits of the source", transfer("spent", "bob", 6), "overflow", ()),
+    (
+        "transfer 0 to itself from a closed account",
+        transfer("carol", "carol", 0),
+        "invalid_amount",
+        ("accounts_must_be_different", "account_closed"),
+    ),
+    (
+        "transfer 0 to @world",
+        transfer("alice", "@world", 0),
+        "account_reserved",
+        ("invalid_amount",),
+    ),
+    (
+        "transfer too much to itself",
+        transfer("alice", "alice", AMOUNT_MAX + 1),
+        "amount_too_large",
+        ("accounts_must_be_different", "insufficient_funds"),
+    ),
+    (
+        "transfer to itself on an unknown account",
+        transfer("nobody", "nobody", 5),
+        "accounts_must_be_different",
+        ("account_not_found",),
+    ),
+    (
+        "transfer another currency to an unknown account",
+        transfer("alice", "nobody", 5, "EUR"),
+        "account_not_found",
+        ("currency_mismatch",),
+    ),
+    (
+        "transfer from a closed account to an unknown one",
+        transfer("carol", "nobody", 5),
+        "account_not_found",
+        ("account_closed",),
+    ),
+    (
+        "transfer another currency to a closed account",
+        transfer("alice", "carol", 5, "EUR"),
+        "account_closed",
+        ("currency_mismatch",),
+    ),
+    (
+        "transfer past the balance to another currency",
+        transfer("alice", "yen", 101),
+        "currency_mismatch",
+        ("insufficient_funds",),
+    ),
+    (
+        "transfer past the balance and BALANCE_MAX credits",
+        transfer("alice", "full", 101),
+        "insufficient_funds",
+        ("overflow",),
+    ),
+    # transfer to another partition: only the source is checked here
+    (
+        "transfer to another partition from an unknown account",
+        transfer("nobody", "zed", 5),
+        "account_not_found",
+        (),
+    ),
+    (
+        "transfer to another partition from a closed account",
+        transfer("carol", "zed", 5),
+        "account_closed",
+        (),
+    ),
+    (
+        "transfer to another partition in another currency",
+        transfer("alice", "zed", 5, "EUR"),
+        "currency_mismatch",
+        (),
+    ),
+    (
+        "transfer to another partition past the balance",
+        transfer("alice", "zed", 101),
+        "insufficient_funds",
+        (),
+    ),
+    (
+        "transfer to another partition past BALANCE_MAX debits",
+        transfer("spent", "zed", 6),
+        "overflow",
+        (),
+    ),
+    (
+        "transfer to itself on another partition",
+        transfer("zed", "zed", 5),
+        "accounts_must_be_different",
+        (),
+    ),
+    # close_account
+    ("close @world", close_account("@world"), "account_reserved", ()),
+    ("close an unknown account", close_account("nobody"), "account_not_found", ()),
+    ("close a closed account", close_account("carol"), "account_closed", ()),
+    ("close an account holding money", close_account("alice"), "balance_not_zero", ()),
+    ("close an account in overdraft", close_account("owing"), "balance_not_zero", ()),
+    ("close an account with pending debits", close_account("held"), "balance_not_zero", ()),
+    ("close an account whose money is in flight", close_account("sent"), "transfer_in_transit", ()),
+    (
+        "close an account holding money with a transfer in flight",
+        close_account("sending"),
+        "balance_not_zero",
+        ("transfer_in_transit",),
+    ),
+]
+
+
+def test_every_rejection_code_of_a_command_has_a_row() -> None:
+    codes = {code for _, _, code, _ in REJECTED}
+    assert codes == set(PRECEDENCE) - {"exists_with_different_payload"}
+
+
+@pytest.mark.parametrize(
+    ("case", "command", "code", "losers"), REJECTED, ids=[row[0] for row in REJECTED]
+)
+def test_rejection(case: str, command: Command, code: str, losers: tuple[str, ...]) -> None:
+    assert all(PRECEDENCE.index(code) < PRECEDENCE.index(later) for later in losers)
+    partition = store()
+    decision = partition.run([command])
+    assert len(decision.results) == 1
+    result = decision.results[0].result
+    assert (result.command_id, result.status, result.code, result.duplicate) == (
+        "c1",
+        "rejected",
+        code,
+        False,
+    )
+    assert (result.type, result.account, result.reason) == (
+        command.type,
+        command.account,
+        REASONS[code],
+    )
+    assert decision.journal == []
+    assert decision.legs == []
+    assert decision.accounts == {}
+    assert partition.accounts == ACCOUNTS
+    # The rejection is kept, so that a repeat gets the same answer.
+    assert list(decision.outcomes) == ["cmd:c1"]
+    assert decision.outcomes["cmd:c1"].result == result
+
+
+# Accepted: (case, command, accounts after, journal kind, postings (account, debit, credit))
+ACCEPTED: list[tuple[str, Command, dict[str, AccountState], str, list[tuple[str, int, int]]]] = [
+    (
+        "open an account",
+        open_account("dan", "EUR", overdraft_limit="25.00"),
+        {"dan": AccountState(currency="EUR", overdraft_limit=2500)},
+        "account_opened",
+        [],
+    ),
+    (
+        "open an account without overdraft",
+        open_account("dan", "JPY"),
+        {"dan": AccountState(currency="JPY")},
+        "account_opened",
+        [],
+    ),
+    (
+        "open an account with an overdraft of AMOUNT_MAX",
+        open_account("dan", overdraft_limit=AMOUNT_MAX),
+        {"dan": usd(overdraft_limit=AMOUNT_MAX)},
+        "account_opened",
+        [],
+    ),
+    (
+        "deposit",
+        deposit("alice", "0.50"),
+        {"alice": usd(credits_posted=150)},
+        "deposit",
+        [("@world", 50, 0), ("alice", 0, 50)],
+    ),
+    (
+        "deposit AMOUNT_MAX",
+        deposit("bob", AMOUNT_MAX),
+        {"bob": usd(credits_posted=AMOUNT_MAX)},
+        "deposit",
+        [("@world", AMOUNT_MAX, 0), ("bob", 0, AMOUNT_MAX)],
+    ),
+    (
+        "deposit up to BALANCE_MAX",
+        deposit("full", 5),
+        {"full": usd(credits_posted=BALANCE_MAX)},
+        "deposit",
+        [("@world", 5, 0), ("full", 0, 5)],
+    ),
+    (
+        "withdraw the whole balance",
+        withdraw("alice", 100),
+        {"alice": usd(credits_posted=100, debits_posted=100)},
+        "withdrawal",
+        [("alice", 100, 0), ("@world", 0, 100)],
+    ),
+    (
+        "withdraw down to minus the overdraft limit",
+        withdraw("over", 50),
+        {"over": usd(overdraft_limit=50, debits_posted=50)},
+        "withdrawal",
+        [("over", 50, 0), ("@world", 0, 50)],
+    ),
+    (
+        "withdraw the rest of the overdraft",
+        withdraw("owing", 40),
+        {"owing": usd(overdraft_limit=50, debits_posted=50)},
+        "withdrawal",
+        [("owing", 40, 0), ("@world", 0, 40)],
+    ),
+    (
+        "withdraw up to BALANCE_MAX debits",
+        withdraw("spent", 5),
+        {
+            "spent": usd(
+                overdraft_limit=100, debits_posted=BALANCE_MAX, credits_posted=BALANCE_MAX - 5
+            )
+        },
+        "withdrawal",
+        [("spent", 5, 0), ("@world", 0, 5)],
+    ),
+    (
+        "withdraw in yen",
+        withdraw("yen", 1000, "JPY"),
+        {"yen": AccountState(currency="JPY", credits_posted=1000, debits_posted=1000)},
+        "withdrawal",
+        [("yen", 1000, 0), ("@world", 0, 1000)],
+    ),
+    (
+        "transfer between two local accounts",
+        transfer("alice", "bob", 30),
+        {"alice": usd(credits_posted=100, debits_posted=30), "bob": usd(credits_posted=30)},
+        "transfer",
+        [("alice", 30, 0), ("bob", 0, 30)],
+    ),
+    (
+        "transfer down to minus the overdraft limit",
+        transfer("over", "bob", 50),
+        {"over": usd(overdraft_limit=50, debits_posted=50), "bob": usd(credits_posted=50)},
+        "transfer",
+        [("over", 50, 0), ("bob", 0, 50)],
+    ),
+    (
+        "transfer up to BALANCE_MAX credits",
+        transfer("alice", "full", 5),
+        {
+            "alice": usd(credits_posted=100, debits_posted=5),
+            "full": usd(credits_posted=BALANCE_MAX),
+        },
+        "transfer",
+        [("alice", 5, 0), ("full", 0, 5)],
+    ),
+    (
+        "close an account that never held money",
+        close_account("bob"),
+        {"bob": AccountState(currency="USD", status="closed")},
+        "account_closed",
+        [],
+    ),
+    (
+        "close an account whose debits equal its credits",
+        close_account("emptied"),
+        {
+            "emptied": AccountState(
+                currency="USD", status="closed", credits_posted=100, debits_posted=100
+            )
+        },
+        "account_closed",
+        [],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "command", "after", "kind", "postings"), ACCEPTED, ids=[row[0] for row in ACCEPTED]
+)
+def test_accepted(
+    case: str,
+    command: Command,
+    after: dict[str, AccountState],
+    kind: str,
+    postings: list[tuple[str, int, int]],
+) -> None:
+    command = command.model_copy(update={"reply_partition": 4, "metadata": {"note": case[:20]}})
+    partition = store()
+    decision = partition.run([command], timestamp_ms=1_234)
+    assert result_fields(decision) == [("c1", "accepted", None, False, 4)]
+    result = decision.results[0].result
+    assert (result.type, result.account, result.reason) == (command.type, command.account, None)
+    assert decision.accounts == after
+    assert partition.accounts == {**ACCOUNTS, **after}
+    assert len(decision.journal) == 1
+    event = decision.journal[0]
+    assert (event.entry_id, event.command_id, event.kind, event.account) == (
+        "c1:0",
+        "c1",
+        kind,
+        command.account,
+    )
+    assert postings_of(event) == postings
+    assert_balanced(decision.journal)
+    assert event.currency == after[command.account].currency
+    assert (event.timestamp_ms, event.metadata) == (1_234, {"note": case[:20]})
+    if kind == "account_opened":
+        assert event.overdraft_limit == after[command.account].overdraft_limit
+    assert decision.legs == []
+    assert list(decision.outcomes) == ["cmd:c1"]
+
+
+def test_balances_never_pass_their_limits_after_a_decision() -> None:
+    partition = store()
+    for command in [
+        withdraw("over", 50, command_id="w1"),
+        withdraw("over", 1, command_id="w2"),
+        transfer("owing", "bob", 40, command_id="t1"),
+        transfer("owing", "bob", 1, command_id="t2"),
+    ]:
+        partition.run([command])
+    assert partition.accounts["over"].balance == -50
+    assert partition.accounts["owing"].balance == -50
+    assert all(s.balance >= -s.overdraft_limit for s in partition.accounts.values())
+
+
+def test_later_inputs_of_a_batch_see_the_effects_of_earlier_ones() -> None:
+    partition = store()
+    decision = partition.run(
+        [
+            open_account("dan", command_id="b1"),
+            deposit("dan", 100, command_id="b2"),
+            withdraw("dan", 60, command_id="b3"),
+            withdraw("dan", 60, command_id="b4"),
+            transfer("dan", "bob", 40, command_id="b5"),
+            close_account("dan", command_id="b6"),
+            deposit("dan", 1, command_id="b7"),
+        ]
+    )
+    assert [(r.result.command_id, r.result.code) for r in decision.results] == [
+        ("b1", None),
+        ("b2", None),
+        ("b3", None),
+        ("b4", "insufficient_funds"),
+        ("b5", None),
+        ("b6", None),
+        ("b7", "account_closed"),
+    ]
+    assert decision.accounts["dan"] == AccountState(
+        currency="USD", status="closed", credits_posted=100, debits_posted=100
+    )
+    assert decision.accounts["bob"] == usd(credits_posted=40)
+    assert [e.entry_id for e in decision.journal] == ["b1:0", "b2:0", "b3:0", "b5:0", "b6:0"]
+    assert_balanced(decision.journal)
+    assert set(decision.outcomes) == {f"cmd:b{i}" for i in range(1, 8)}
+
+
+def test_decide_leaves_the_prefetched_mappings_untouched_and_is_deterministic() -> None:
+    accounts = {"alice": ACCOUNTS["alice"], "bob": ACCOUNTS["bob"]}
+    outcomes: dict[str, Any] = {"cmd:c1": None, "cmd:c2": None}
+    batch = [
+        Incoming(transfer("alice", "bob", 5, command_id="c1"), 7),
+        Incoming(deposit("bob", 5, command_id="c2"), 8),
+    ]
+    first = decide(accounts, outcomes, batch, is_local)
+    assert accounts == {"alice": ACCOUNTS["alice"], "bob": ACCOUNTS["bob"]}
+    assert outcomes == {"cmd:c1": None, "cmd:c2": None}
+    assert decide(accounts, outcomes, batch, is_local) == first
+
+
+def test_decide_refuses_to_read_an_account_that_was_not_prefetched() -> None:
+    with pytest.raises(AssertionError, match="not prefetched"):
+        decide({}, {"cmd:c1": None}, [Incoming(deposit("alice", 5), 1)], is_local)
+
+
+# Prefetching
+
+
+@pytest.mark.parametrize(
+    ("message", "accounts", "outcomes"),
+    [
+        (deposit("alice", 5), ["alice"], ["cmd:c1"]),
+        (open_account("dan"), ["dan"], ["cmd:c1"]),
+        (close_account("bob"), ["bob"], ["cmd:c1"]),
+        (transfer("alice", "bob", 5), ["alice", "bob"], ["cmd:c1"]),
+        (transfer("alice", "zed", 5), ["alice"], ["cmd:c1"]),
+        (
+            Leg(
+                type="credit",
+                transfer_id="t1",
+                source="zed",
+                destination="bob",
+                amount=5,
+                currency="USD",
+            ),
+            ["bob"],
+            ["leg:credit:t1"],
+        ),
+        (
+            Leg(
+                type="refund",
+                transfer_id="t1",
+                source="alice",
+                destination="zed",
+                amount=5,
+                currency="USD",
+                code="account_closed",
+            ),
+            ["alice"],
+            ["leg:refund:t1", "cmd:t1"],
+        ),
+        (
+            Leg(
+                type="settle",
+                transfer_id="t1",
+                source="alice",
+                destination="zed",
+                amount=5,
+                currency="USD",
+            ),
+            ["alice"],
+            ["leg:settle:t1", "cmd:t1"],
+        ),
+    ],
+    ids=[
+        "deposit",
+        "open",
+        "close",
+        "local transfer",
+        "remote transfer",
+        "credit",
+        "refund",
+        "settle",
+    ],
+)
+def test_keys_to_prefetch(message: Any, accounts: list[str], outcomes: list[str]) -> None:
+    assert accounts_to_prefetch(message, is_local) == accounts
+    assert outcomes_to_prefetch(message) == outcomes
+
+
+# Repeats of a command_id
+
+
+REPEATED: list[Command] = [
+    open_account("dan"),
+    deposit("alice", 5),
+    withdraw("alice", 5),
+    transfer("alice", "bob", 5),
+    close_account("bob"),
+    deposit("nobody", 5),  # a rejection is repeated too
+    transfer("alice", "zed", 5),  # posted here, answered by the destination's writer
+]
+
+
+@pytest.mark.parametrize("command", REPEATED, ids=lambda c: f"{c.type} {c.account}")
+def test_a_repeat_re_emits_the_original_outcome_marked_duplicate_and_moves_nothing(
+    command: Command,
+) -> None:
+    partition = store()
+    first = partition.run([command], timestamp_ms=1_000)
+    accounts, outcomes = dict(partition.accounts), dict(partition.outcomes)
+    again = partition.run([command], timestamp_ms=2_000)
+    assert [r.result.model_copy(update={"duplicate": False}) for r in again.results] == [
+        r.result for r in first.results
+    ]
+    assert all(r.result.duplicate for r in again.results)
+    assert again.journal == first.journal  # same entry ids, same timestamp as the first time
+    assert again.legs == first.legs
+    assert again.accounts == {}
+    assert again.outcomes == {}
+    assert (partition.accounts, partition.outcomes) == (accounts, outcomes)
+
+
+@pytest.mark.parametrize(
+    "repeat",
+    [
+        deposit("alice", "12.50", command_id="c1"),
+        deposit("alice", 1250, command_id="c1", reply_partition=7),
+        deposit("alice", 1250, command_id="c1", metadata={"retry": "1"}),
+    ],
+    ids=["amount as a decimal string", "another reply partition", "other metadata"],
+)
+def test_a_repeat_that_differs_only_in_routing_metadata_or_spelling_is_a_duplicate(
+    repeat: Deposit,
+) -> None:
+    partition = store()
+    partition.run([deposit("alice", 1250, reply_partition=1, metadata={"retry": "0"})])
+    again = partition.run([repeat])
+    assert result_fields(again) == [("c1", "accepted", None, True, repeat.reply_partition)]
+    assert partition.accounts["alice"] == usd(credits_posted=1350)
+
+
+@pytest.mark.parametrize(
+    "conflict",
+    [
+        deposit("alice", 6),
+        deposit("alice", 5, "EUR"),
+        deposit("bob", 5),
+        withdraw("alice", 5),
+        transfer("alice", "bob", 5),
+        close_account("@world"),  # exists_with_different_payload is checked first of all
+    ],
+    ids=[
+        "other amount",
+        "other currency",
+        "other account",
+        "other type",
+        "transfer",
+        "system account",
+    ],
+)
+def test_the_same_command_id_with_another_payload_is_rejected_and_moves_nothing(
+    conflict: Command,
+) -> None:
+    original = deposit("alice", 5)
+    partition = store()
+    first = partition.run([original])
+    accounts, outcomes = dict(partition.accounts), dict(partition.outcomes)
+    refused = partition.run([conflict.model_copy(update={"reply_partition": 3})])
+    assert result_fields(refused) == [("c1", "rejected", "exists_with_different_payload", False, 3)]
+    result = refused.results[0].result
+    assert (result.type, result.account) == (conflict.type, conflict.account)
+    assert result.reason == REASONS["exists_with_different_payload"]
+    assert (refused.journal, refused.legs, refused.accounts, refused.outcomes) == ([], [], {}, {})
+    assert (partition.accounts, partition.outcomes) == (accounts, outcomes)
+    # The original is still what a repeat of it gets.
+    again = partition.run([original])
+    assert [r.result.model_copy(update={"duplicate": False}) for r in again.results] == [
+        r.result for r in first.results
+    ]
+
+
+def test_the_rejection_of_another_payload_carries_the_digest_of_that_payload() -> None:
+    partition = store()
+    partition.run([deposit("alice", 5)])
+    conflict = deposit("alice", 6)
+    refused = partition.run([conflict])
+    assert refused.results[0].result.payload_digest == fingerprint(conflict)
+    assert fingerprint(conflict) != fingerprint(deposit("alice", 5))
+
+
+def test_a_rejected_command_id_stays_rejected_after_the_state_changes() -> None:
+    partition = store()
+    partition.run([deposit("dan", 5)])
+    partition.run([open_account("dan", command_id="o1")])
+    again = partition.run([deposit("dan", 5)])
+    assert result_fields(again) == [("c1", "rejected", "account_not_found", True, None)]
+    assert partition.accounts["dan"] == usd()
+
+
+def test_a_repeat_in_the_same_batch_is_a_duplicate_of_the_first() -> None:
+    partition = store()
+    decision = partition.run(
+        [deposit("alice", 5), deposit("alice", 5, reply_partition=2), deposit("alice", 7)]
+    )
+    assert result_fields(decision) == [
+        ("c1", "accepted", None, False, None),
+        ("c1", "accepted", None, True, 2),
+        ("c1", "rejected", "exists_with_different_payload", False, None),
+    ]
+    assert [e.entry_id for e in decision.journal] == ["c1:0", "c1:0"]
+    assert decision.accounts == {"alice": usd(credits_posted=105)}
+
+
+# Transfers across partitions: a* accounts on partition 0, b* accounts on partition 1.
+
+
+def partition_of(account: str) -> int:
+    return 1 if account.startswith("b") else 0
+
+
+def two_partitions(**destination: AccountState) -> tuple[PartitionStore, PartitionStore]:
+    source = PartitionStore(
+        is_local=lambda name: partition_of(name) == 0, accounts={"alice": usd(credits_posted=100)}
+    )
+    target = PartitionStore(
+        is_local=lambda name: partition_of(name) == 1,
+        accounts={"bob": usd(), "bea": usd(credits_posted=7), **destination},
+    )
+    return source, target
+
+
+def transit_balance(*decisions: Decision) -> int:
+    """@transit's balance from the journal of `decisions`, deduplicated by entry_id."""
+    events = {e.entry_id: e for d in decisions for e in d.journal}
+    return sum(
+        p.credit - p.debit for e in events.values() for p in e.postings if p.account == "@transit"
+    )
+
+
+def test_cross_partition_transfer_posts_into_transit_and_sends_a_credit_leg_without_result() -> (
+    None
+):
+    source, _ = two_partitions()
+    decision = source.run([transfer("alice", "bob", 30, command_id="t1", reply_partition=1)])
+    assert decision.results == []
+    assert [(e.entry_id, e.kind, e.account) for e in decision.journal] == [
+        ("t1:0", "transfer_debit", "alice")
+    ]
+    assert postings_of(decision.journal[0]) == [("alice", 30, 0), ("@transit", 0, 30)]
+    assert_balanced(decision.journal)
+    assert [leg_fields(leg) for leg in decision.legs] == [
+        ("credit", "t1", "alice", "bob", 30, "USD", 1, None)
+    ]
+    assert decision.legs[0].account == "bob"
+    assert decision.accounts == {
+        "alice": usd(credits_posted=100, debits_posted=30, debits_in_transit=30)
+    }
+    assert source.outcomes["cmd:t1"].result is None
+    assert source.outcomes["cmd:t1"].legs == decision.legs
+
+
+def test_the_credit_leg_posts_out_of_transit_answers_accepted_and_sends_a_settle_leg() -> None:
+    source, target = two_partitions()
+    debit = source.run([transfer("alice", "bob", 30, command_id="t1", reply_partition=1)])
+    credit = target.run(debit.legs, timestamp_ms=2_000)
+    assert result_fields(credit) == [("t1", "accepted", None, False, 1)]
+    result = credit.results[0].result
+    assert (result.type, result.account) == ("transfer", "alice")
+    assert [(e.entry_id, e.kind, e.account, e.timestamp_ms) for e in credit.journal] == [
+        ("t1:1", "transfer_credit", "bob", 2_000)
+    ]
+    assert postings_of(credit.journal[0]) == [("@transit", 30, 0), ("bob", 0, 30)]
+    assert_balanced(credit.journal)
+    assert credit.accounts == {"bob": usd(credits_posted=30)}
+    assert [leg_fields(leg) for leg in credit.legs] == [
+        ("settle", "t1", "alice", "bob", 30, "USD", 1, None)
+    ]
+    assert credit.legs[0].account == "alice"
+    assert transit_balance(debit, credit) == 0
+
+
+def test_the_settle_leg_ends_the_transfer_at_the_source_and_a_repeat_gets_the_acceptance() -> None:
+    source, target = two_partitions()
+    command = transfer("alice", "bob", 30, command_id="t1", reply_partition=1)
+    debit = source.run([command])
+    credit = target.run(debit.legs)
+    settle = source.run(credit.legs)
+    assert (settle.results, settle.journal, settle.legs) == ([], [], [])
+    assert settle.accounts == {"alice": usd(credits_posted=100, debits_posted=30)}
+    outcome = source.outcomes["cmd:t1"]
+    assert outcome.result is not None
+    assert (outcome.result.status, outcome.result.code) == ("accepted", None)
+    assert outcome.legs == []
+    before = (dict(source.accounts), dict(target.accounts))
+
+    again = source.run([command.model_copy(update={"reply_partition": 2})])
+    assert result_fields(again) == [("t1", "accepted", None, True, 2)]
+    assert again.journal == debit.journal
+    assert (again.legs, again.accounts, again.outcomes) == ([], {}, {})
+    assert (dict(source.accounts), dict(target.accounts)) == before
+
+
+REFUSING_DESTINATIONS = [
+    ("bnobody", {}, "account_not_found"),
+    ("bclosed", {"bclosed": AccountState(currency="USD", status="closed")}, "account_closed"),
+    ("byen", {"byen": AccountState(currency="JPY")}, "currency_mismatch"),
+    ("bfull", {"bfull": usd(credits_posted=BALANCE_MAX - 29)}, "overflow"),
+]
+
+
+@pytest.mark.parametrize(
+    ("destination", "accounts", "code"),
+    REFUSING_DESTINATIONS,
+    ids=[r[2] for r in REFUSING_DESTINATIONS],
+)
+def test_a_refusing_destination_sends_the_money_back_and_the_transfer_is_rejected(
+    destination: str, accounts: dict[str, AccountState], code: str
+) -> None:
+    source, target = two_partitions(**accounts)
+    target_accounts = dict(target.accounts)
+    debit = source.run([transfer("alice", destination, 30, command_id="t1", reply_partition=1)])
+
+    credit = target.run(debit.legs)
+    assert (credit.results, credit.journal, credit.accounts) == ([], [], {})
+    assert target.accounts == target_accounts
+    assert [leg_fields(leg) for leg in credit.legs] == [
+        ("refund", "t1", "alice", destination, 30, "USD", 1, code)
+    ]
+    assert credit.legs[0].account == "alice"
+
+    refund = source.run(credit.legs, timestamp_ms=3_000)
+    assert result_fields(refund) == [("t1", "rejected", code, False, 1)]
+    result = refund.results[0].result
+    assert (result.type, result.account, result.reason) == ("transfer", "alice", REASONS[code])
+    assert [(e.entry_id, e.kind, e.account, e.timestamp_ms) for e in refund.journal] == [
+        ("t1:2", "transfer_refund", "alice", 3_000)
+    ]
+    assert postings_of(refund.journal[0]) == [("@transit", 30, 0), ("alice", 0, 30)]
+    assert_balanced(refund.journal)
+    assert refund.legs == []
+    assert source.accounts["alice"] == usd(credits_posted=130, debits_posted=30)
+    assert source.accounts["alice"].balance == 100
+    assert transit_balance(debit, credit, refund) == 0
+    # The source's record of the transfer now carries the final answer, and no leg.
+    outcome = source.outcomes["cmd:t1"]
+    assert outcome.result == result
+    assert [e.entry_id for e in outcome.journal] == ["t1:0", "t1:2"]
+    assert outcome.legs == []
+    assert set(refund.outcomes) == {"leg:refund:t1", "cmd:t1"}
+
+
+@pytest.mark.parametrize(
+    ("destination", "accounts", "code"),
+    REFUSING_DESTINATIONS,
+    ids=[r[2] for r in REFUSING_DESTINATIONS],
+)
+def test_a_repeat_of_a_refunded_transfer_answers_the_rejection_and_moves_nothing(
+    destination: str, accounts: dict[str, AccountState], code: str
+) -> None:
+    source, target = two_partitions(**accounts)
+    command = transfer("alice", destination, 30, command_id="t1", reply_partition=1)
+    debit = source.run([command])
+    refund = source.run(target.run(debit.legs).legs)
+    before = (dict(source.accounts), dict(target.accounts))
+
+    again = source.run([command.model_copy(update={"reply_partition": 2})])
+    assert result_fields(again) == [("t1", "rejected", code, True, 2)]
+    assert again.journal == [*debit.journal, *refund.journal]
+    assert (again.legs, again.accounts, again.outcomes) == ([], {}, {})
+    assert (dict(source.accounts), dict(target.accounts)) == before
+
+
+def test_a_credit_leg_decided_twice_credits_once() -> None:
+    source, target = two_partitions()
+    debit = source.run([transfer("alice", "bob", 30, command_id="t1")])
+    leg = debit.legs[0]
+    first = target.run([leg, leg])
+    assert result_fields(first) == [
+        ("t1", "accepted", None, False, None),
+        ("t1", "accepted", None, True, None),
+    ]
+    assert [e.entry_id for e in first.journal] == ["t1:1", "t1:1"]
+    assert [leg.type for leg in first.legs] == ["settle", "settle"]
+    second = target.run([leg])
+    assert result_fields(second) == [("t1", "accepted", None, True, None)]
+    assert second.journal == first.journal[:1]
+    assert (second.accounts, second.outcomes) == ({}, {})
+    assert target.accounts["bob"] == usd(credits_posted=30)
+
+
+def test_a_settle_leg_decided_twice_settles_once() -> None:
+    source, target = two_partitions()
+    debit = source.run([transfer("alice", "bob", 30, command_id="t1")])
+    settle_leg = target.run(debit.legs).legs[0]
+    source.run([settle_leg, settle_leg])
+    again = source.run([settle_leg])
+    assert (again.results, again.journal, again.legs) == ([], [], [])
+    assert (again.accounts, again.outcomes) == ({}, {})
+    assert source.accounts["alice"] == usd(credits_posted=100, debits_posted=30)
+
+
+def test_a_refund_leg_decided_twice_refunds_once() -> None:
+    source, target = two_partitions()
+    debit = source.run([transfer("alice", "bnobody", 30, command_id="t1")])
+    refund_leg = target.run(debit.legs).legs[0]
+    first = source.run([refund_leg])
+    second = source.run([refund_leg])
+    assert result_fields(second) == [("t1", "rejected", "account_not_found", True, None)]
+    assert second.journal == first.journal
+    assert (second.accounts, second.outcomes) == ({}, {})
+    assert source.accounts["alice"] == usd(credits_posted=130, debits_posted=30)
+
+
+def test_a_repeat_of_the_transfer_while_the_credit_is_in_flight_re_sends_the_leg_only() -> None:
+    source, target = two_partitions()
+    command = transfer("alice", "bob", 30, command_id="t1", reply_partition=1)
+    debit = source.run([command])
+    again = source.run([command.model_copy(update={"reply_partition": 2})])
+    assert again.results == []
+    assert again.journal == debit.journal
+    assert [leg.model_copy(update={"reply_partition": 1}) for leg in again.legs] == debit.legs
+    assert again.accounts == {}
+    assert source.accounts["alice"].debits_in_transit == 30
+    # Both legs reach the destination: the money lands once.
+    landed = target.run([*debit.legs, *again.legs])
+    # Each answer goes to the results partition of the client that asked.
+    assert [(r.result.status, r.result.duplicate, r.partition) for r in landed.results] == [
+        ("accepted", False, 1),
+        ("accepted", True, 2),
+    ]
+    assert target.accounts["bob"] == usd(credits_posted=30)
+    source.run(landed.legs)
+    assert source.accounts["alice"] == usd(credits_posted=100, debits_posted=30)
+
+
+def test_an_account_cannot_be_closed_while_a_refund_may_still_come_back_to_it() -> None:
+    source, target = two_partitions()
+    debit = source.run([transfer("alice", "bnobody", 100, command_id="t1")])
+    assert source.accounts["alice"].balance == 0
+    early = source.run([close_account("alice", command_id="x1")])
+    assert result_fields(early) == [("x1", "rejected", "transfer_in_transit", False, None)]
+    assert early.accounts == {}
+    source.run(target.run(debit.legs).legs)
+    late = source.run([close_account("alice", command_id="x2")])
+    assert [r.result.code for r in late.results] == ["balance_not_zero"]
+    alice = source.accounts["alice"]
+    assert (alice.status, alice.balance) == ("open", 100)
+
+
+def test_an_account_can_be_closed_once_its_last_transfer_has_settled() -> None:
+    source, target = two_partitions()
+    debit = source.run([transfer("alice", "bob", 100, command_id="t1")])
+    credit = target.run(debit.legs)
+    early = source.run([close_account("alice", command_id="x1")])
+    assert [r.result.code for r in early.results] == ["transfer_in_transit"]
+    source.run(credit.legs)
+    late = source.run([close_account("alice", command_id="x2")])
+    assert result_fields(late) == [("x2", "accepted", None, False, None)]
+    assert source.accounts["alice"].status == "closed"
+
+
+# Ids reused across partitions, and refunds near the balance limit.
+
+
+def test_credit_legs_sharing_a_transfer_id_from_two_partitions_do_not_stop_the_writer() -> None:
+    target = PartitionStore(is_local=lambda name: partition_of(name) == 1, accounts={"bob": usd()})
+    from_alice = Leg(
+        type="credit", transfer_id="t1", source="alice", destination="bob", amount=5, currency="USD"
+    )
+    from_carl = from_alice.model_copy(update={"source": "carl", "amount": 7})
+    target.run([from_alice])
+    second = target.run([from_carl])
+    # The id is taken on bob's partition: carl's 7 goes back to carl.
+    assert target.accounts["bob"].credits_posted == 5
+    assert [(leg.type, leg.source, leg.amount, leg.code) for leg in second.legs] == [
+        ("refund", "carl", 7, "exists_with_different_payload")
+    ]
+
+
+def test_a_refund_that_would_pass_balance_max_on_the_source_does_not_stop_the_writer() -> None:
+    source, _ = two_partitions()
+    source.accounts["alice"] = usd(credits_posted=BALANCE_MAX - 10, debits_posted=BALANCE_MAX - 100)
+    debit = source.run([transfer("alice", "bnobody", 50, command_id="t1")])
+    # A refund of the 50 could not fit beside the credits: the transfer is refused up front.
+    assert [r.result.code for r in debit.results] == ["overflow"]
+    assert debit.legs == []
+    source.run([deposit("alice", 10, command_id="d1")])
+    assert source.accounts["alice"].credits_posted == BALANCE_MAX
