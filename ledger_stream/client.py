@@ -23,10 +23,11 @@ from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.cluster import ClusterMetadata
 
 from ledger_stream.core import fingerprint
-from ledger_stream.errors import BrokerUnavailable, ConfigurationError, ResultTimeout
+from ledger_stream.errors import ConfigurationError, ResultTimeout
+from ledger_stream.kafka.connect import started
 from ledger_stream.messages import COMMAND_ADAPTER, Command, Result
 from ledger_stream.partitioning import partition_of
 
@@ -42,6 +43,7 @@ class LedgerClient:
         timeout_s: float = 30.0,
         linger_ms: int = 5,
         batch_size_max: int = 500,
+        connect_attempts_max: int = 5,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.commands_topic = f"{topic_prefix}commands"
@@ -49,6 +51,7 @@ class LedgerClient:
         self.timeout_s = timeout_s
         self.linger_ms = linger_ms
         self.batch_size_max = batch_size_max
+        self.connect_attempts_max = connect_attempts_max
         self.reply_partition = 0
         self._partitions = 0
         self._producer: AIOKafkaProducer | None = None
@@ -73,23 +76,23 @@ class LedgerClient:
         await self.stop()
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers,
-            acks="all",
-            linger_ms=self.linger_ms,
-            max_batch_size=256 * 1024,
-            max_request_size=4 * 1024 * 1024,
+        self._producer = await started(
+            lambda: AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap_servers,
+                acks="all",
+                linger_ms=self.linger_ms,
+                max_batch_size=256 * 1024,
+                max_request_size=4 * 1024 * 1024,
+            ),
+            self.bootstrap_servers,
+            self.connect_attempts_max,
+            _stop,
         )
-        try:
-            await self._producer.start()
-        except KafkaConnectionError as error:
-            await self._producer.stop()
-            raise BrokerUnavailable(
-                f"cannot reach Kafka at {self.bootstrap_servers}: {error}"
-            ) from error
-        self._partitions = await self._partition_count(self.commands_topic)
-        results = await self._partition_count(self.results_topic)
-        self.reply_partition = random.randrange(results)
+        # Ask for all topics: naming one in a metadata request lets a broker with
+        # auto.create.topics.enable (and the embedded broker) create it with a wrong layout.
+        cluster = await self._producer.client.fetch_all_metadata()
+        self._partitions = _partition_count(cluster, self.commands_topic)
+        self.reply_partition = random.randrange(_partition_count(cluster, self.results_topic))
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             enable_auto_commit=False,
@@ -177,7 +180,7 @@ class LedgerClient:
         self._waiting[command.command_id].append((fingerprint(command), future))
         self._enqueue(command.account, command.model_dump_json(exclude_none=True).encode())
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
+            return await asyncio.wait_for(future, self.timeout_s)
         except asyncio.TimeoutError:
             self._forget(command.command_id, future)
             raise ResultTimeout(
@@ -269,15 +272,19 @@ class LedgerClient:
                 if entry[1] is future:
                     waiting.remove(entry)
 
-    async def _partition_count(self, topic: str) -> int:
-        assert self._producer is not None
-        partitions = await self._producer.partitions_for(topic)
-        if not partitions:
-            raise ConfigurationError(
-                f"topic {topic!r} does not exist; start a worker first (it creates the topics) "
-                "or check the topic prefix (LEDGER_TOPIC_PREFIX)"
-            )
-        return len(partitions)
+
+def _partition_count(cluster: ClusterMetadata, topic: str) -> int:
+    partitions = cluster.partitions_for_topic(topic)
+    if not partitions:
+        raise ConfigurationError(
+            f"topic {topic!r} does not exist; start a worker first (it creates the topics) "
+            "or check the topic prefix (LEDGER_TOPIC_PREFIX)"
+        )
+    return len(partitions)
+
+
+async def _stop(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:
+    await client.stop()
 
 
 def _record_value(items: list[tuple[str, bytes]]) -> bytes:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from ledger_stream.errors import BrokerUnavailable, ConfigurationError
+from ledger_stream.errors import ConfigurationError
+from ledger_stream.kafka.connect import started
 from ledger_stream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
     is refused here: drain the commands, create a new ledger (new prefix) with the new
     count, and replay the journal into it (see README, "Changing the partition count").
     """
-    admin = await _connected_admin(settings, settings.connect_attempts_max)
+    admin = await _connected_admin(settings)
     try:
         existing = await _partition_counts(admin)
         wanted = topic_layouts(settings)
@@ -91,30 +90,15 @@ async def ensure_topics(settings: Settings) -> list[str]:
         await admin.close()
 
 
-async def _connected_admin(settings: Settings, attempts_max: int) -> AIOKafkaAdminClient:
-    delay_s = 0.5
-    for attempt in range(1, attempts_max + 1):
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-        try:
-            await admin.start()
-            return admin
-        except (KafkaConnectionError, KafkaError, OSError) as error:
-            await admin.close()
-            logger.warning(
-                "Kafka at %s is not reachable (%s); retrying in %.1f s (attempt %d of %d)",
-                settings.bootstrap_servers,
-                error,
-                delay_s,
-                attempt,
-                attempts_max,
-            )
-            if attempt == attempts_max:
-                break
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, 10.0)
-    raise BrokerUnavailable(
-        f"no Kafka broker answered at {settings.bootstrap_servers} after {attempts_max} attempts;"
-        " check LEDGER_BOOTSTRAP_SERVERS and that the broker is running"
+async def _connected_admin(settings: Settings) -> AIOKafkaAdminClient:
+    async def close(admin: AIOKafkaAdminClient) -> None:
+        await admin.close()
+
+    return await started(
+        lambda: AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers),
+        settings.bootstrap_servers,
+        settings.connect_attempts_max,
+        close,
     )
 
 
