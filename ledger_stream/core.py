@@ -106,9 +106,12 @@ class Decision:
 
 
 def outcome_key(message: Command | Leg) -> str:
-    """Key of the outcome that makes `message` idempotent (commands and legs never collide)."""
+    """Key of the outcome that makes `message` idempotent: a command's own, a credit leg's
+    own, and for settle and refund legs the outcome of their transfer at the source."""
+    if isinstance(message, Leg) and message.type == "credit":
+        return f"leg:credit:{message.transfer_id}"
     if isinstance(message, Leg):
-        return f"leg:{message.type}:{message.transfer_id}"
+        return f"cmd:{message.transfer_id}"
     return f"cmd:{message.command_id}"
 
 
@@ -131,10 +134,7 @@ def accounts_to_prefetch(message: Command | Leg, is_local: Callable[[str], bool]
 
 
 def outcomes_to_prefetch(message: Command | Leg) -> list[str]:
-    """Outcome keys `decide` reads for this input; settle and refund legs also update the
-    outcome of their transfer at the source."""
-    if isinstance(message, Leg) and message.type != "credit":
-        return [outcome_key(message), f"cmd:{message.transfer_id}"]
+    """Outcome keys `decide` reads for this input."""
     return [outcome_key(message)]
 
 
@@ -154,6 +154,9 @@ def decide(
     decision = Decision()
     for incoming in batch:
         message = incoming.message
+        if isinstance(message, Leg) and message.type != "credit":
+            _return_to_source(state, decision, message, incoming.timestamp_ms)
+            continue
         key = outcome_key(message)
         digest = fingerprint(message)
         previous = state.outcome(key)
@@ -163,7 +166,6 @@ def decide(
             elif isinstance(message, Leg):
                 # Command ids are unique per partition; a transfer from another partition may
                 # reuse the id of one already credited here. It goes back to its source.
-                assert message.type == "credit", f"{key} reused at the source partition"
                 code = "exists_with_different_payload"
                 decision.legs.append(message.model_copy(update={"type": "refund", "code": code}))
             else:
@@ -171,7 +173,7 @@ def decide(
                 decision.results.append(Reply(rejection, message.reply_partition))
             continue
         if isinstance(message, Leg):
-            outcome = _apply_leg(state, message, incoming.timestamp_ms, digest)
+            outcome = _apply_credit(state, message, incoming.timestamp_ms, digest)
         else:
             outcome = _apply_command(state, message, incoming.timestamp_ms, digest, is_local)
         state.outcomes[key] = outcome
@@ -353,36 +355,56 @@ def _post_command(
     ]
 
 
-def _apply_leg(state: _State, leg: Leg, timestamp_ms: int, digest: str) -> Outcome:
-    common: dict[str, Any] = {
-        "command_id": leg.transfer_id,
-        "account": leg.account,
-        "currency": leg.currency,
-        "timestamp_ms": timestamp_ms,
-    }
-    if leg.type == "credit":
-        code = _check_credit(state, leg)
-        if code is not None:
-            refund = leg.model_copy(update={"type": "refund", "code": code})
-            return Outcome(fingerprint=digest, legs=[refund])
-        # After this point the credit must succeed.
-        postings = _move(state, TRANSIT, leg.destination, leg.amount)
-        event = JournalEvent(
-            entry_id=f"{leg.transfer_id}:1", kind="transfer_credit", postings=postings, **common
-        )
-        settle = leg.model_copy(update={"type": "settle"})
-        result = _leg_result(leg, "accepted", None)
-        return Outcome(fingerprint=digest, result=result, journal=[event], legs=[settle])
+def _apply_credit(state: _State, leg: Leg, timestamp_ms: int, digest: str) -> Outcome:
+    """A credit leg at the destination: land the money, or send it back with the reason."""
+    code = _check_credit(state, leg)
+    if code is not None:
+        refund = leg.model_copy(update={"type": "refund", "code": code})
+        return Outcome(fingerprint=digest, legs=[refund])
+    # After this point the credit must succeed.
+    postings = _move(state, TRANSIT, leg.destination, leg.amount)
+    event = JournalEvent(
+        entry_id=f"{leg.transfer_id}:1",
+        kind="transfer_credit",
+        command_id=leg.transfer_id,
+        account=leg.account,
+        currency=leg.currency,
+        timestamp_ms=timestamp_ms,
+        postings=postings,
+    )
+    settle = leg.model_copy(update={"type": "settle"})
+    result = _leg_result(leg, "accepted", None)
+    return Outcome(fingerprint=digest, result=result, journal=[event], legs=[settle])
+
+
+def _return_to_source(state: _State, decision: Decision, leg: Leg, timestamp_ms: int) -> None:
+    """A settle or refund leg back at the source. The transfer's own outcome makes it
+    idempotent: once it carries a result, the transfer has settled or come back already."""
+    original = state.outcome(outcome_key(leg))
+    assert original is not None, f"{leg.type} leg for transfer {leg.transfer_id} never posted"
+    if original.result is not None:
+        if leg.type == "refund":  # re-send what the refund produced: result, refund event
+            result = original.result.model_copy(update={"duplicate": True})
+            decision.results.append(Reply(result, leg.reply_partition))
+            decision.journal.extend(original.journal[1:])
+        return
     if leg.type == "settle":
         _finish_at_source(state, leg, _leg_result(leg, "accepted", None), [])
-        return Outcome(fingerprint=digest)
+        return
     postings = _move(state, TRANSIT, leg.source, leg.amount)
     event = JournalEvent(
-        entry_id=f"{leg.transfer_id}:2", kind="transfer_refund", postings=postings, **common
+        entry_id=f"{leg.transfer_id}:2",
+        kind="transfer_refund",
+        command_id=leg.transfer_id,
+        account=leg.account,
+        currency=leg.currency,
+        timestamp_ms=timestamp_ms,
+        postings=postings,
     )
     result = _leg_result(leg, "rejected", leg.code)
     _finish_at_source(state, leg, result, [event])
-    return Outcome(fingerprint=digest, result=result, journal=[event])
+    decision.results.append(Reply(result, leg.reply_partition))
+    decision.journal.append(event)
 
 
 def _finish_at_source(state: _State, leg: Leg, result: Result, journal: list[JournalEvent]) -> None:
@@ -393,11 +415,11 @@ def _finish_at_source(state: _State, leg: Leg, result: Result, journal: list[Jou
     assert source is not None and source.debits_in_transit >= leg.amount
     in_transit = source.debits_in_transit - leg.amount
     state.put(leg.source, source.model_copy(update={"debits_in_transit": in_transit}))
-    command_key = f"cmd:{leg.transfer_id}"
-    original = state.outcome(command_key)
-    assert original is not None, f"leg {leg.type} for a transfer {command_key} never posted"
+    key = outcome_key(leg)
+    original = state.outcome(key)
+    assert original is not None
     update = {"result": result, "journal": [*original.journal, *journal], "legs": []}
-    state.outcomes[command_key] = original.model_copy(update=update)
+    state.outcomes[key] = original.model_copy(update=update)
 
 
 def _check_credit(state: _State, leg: Leg) -> str | None:

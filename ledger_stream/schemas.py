@@ -23,7 +23,7 @@ TOPICS = {
     "result": "<prefix>results (key: command_id)",
     "journal_event": "<prefix>journal (key: entry_id; compacted)",
     "account_state": "<prefix>writer-accounts-changelog (key: account)",
-    "outcome": "<prefix>writer-outcomes-changelog (key: cmd:<command_id> or leg:<type>:<id>)",
+    "outcome": "<prefix>writer-outcomes-changelog (key: cmd:<id> or leg:credit:<id>)",
 }
 
 

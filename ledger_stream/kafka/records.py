@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
@@ -17,8 +17,9 @@ from aiokafka.structs import RecordMetadata
 Headers = list[tuple[str, bytes]]
 
 
-@dataclass(frozen=True)
-class OutRecord:
+class OutRecord(NamedTuple):
+    """One record to send (a tuple: batches make hundreds of thousands of them)."""
+
     topic: str
     partition: int
     key: bytes | None
