@@ -44,6 +44,7 @@ class LedgerClient:
         linger_ms: int = 5,
         batch_size_max: int = 500,
         connect_attempts_max: int = 5,
+        in_flight_max: int = 10_000,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.commands_topic = f"{topic_prefix}commands"
@@ -52,6 +53,8 @@ class LedgerClient:
         self.linger_ms = linger_ms
         self.batch_size_max = batch_size_max
         self.connect_attempts_max = connect_attempts_max
+        # Commands awaiting their result at once; a caller past this waits for a slot.
+        self._slots = asyncio.Semaphore(in_flight_max)
         self.reply_partition = 0
         self._partitions = 0
         self._producer: AIOKafkaProducer | None = None
@@ -174,6 +177,10 @@ class LedgerClient:
 
     async def submit(self, command: Command) -> Result:
         """Publish a command and wait for its result (`ResultTimeout` after `timeout_s`)."""
+        async with self._slots:
+            return await self._submit(command)
+
+    async def _submit(self, command: Command) -> Result:
         if command.reply_partition != self.reply_partition:
             command = command.model_copy(update={"reply_partition": self.reply_partition})
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()

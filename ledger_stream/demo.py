@@ -32,7 +32,7 @@ from ledger_stream.settings import Settings
 from ledger_stream.topics import TopicNames
 
 OPENING_BALANCE = 100_000  # minor units: 1,000.00 per account
-IN_FLIGHT_MAX = 5_000  # transfers awaiting their result at once
+IN_FLIGHT_MAX = 5_000  # transfers awaiting their result at once (LedgerClient bounds it)
 SETTLE_ATTEMPTS_MAX = 20
 
 
@@ -90,7 +90,10 @@ async def _drive(
     accounts = [f"acct-{i:05d}" for i in range(args.accounts)]
     euro = set(accounts[:: max(1, args.accounts // 10)][: max(1, args.accounts // 20)])
     async with LedgerClient(
-        settings.bootstrap_servers, topic_prefix=settings.topic_prefix, timeout_s=120
+        settings.bootstrap_servers,
+        topic_prefix=settings.topic_prefix,
+        timeout_s=120,
+        in_flight_max=IN_FLIGHT_MAX,
     ) as client:
         say(f"opening and funding {len(accounts)} accounts (waiting for the workers to join)")
         started = time.monotonic()
@@ -151,19 +154,13 @@ async def _run_transfers(
     tally: Tally,
     say: Callable[[str], None],
 ) -> None:
-    slots = asyncio.Semaphore(IN_FLIGHT_MAX)
     done = 0
 
     async def one(command_id: str, fields: dict[str, Any], move: Any) -> None:
         nonlocal done
-        async with slots:
-            result = await client.transfer(
-                fields["source"],
-                fields["destination"],
-                fields["amount"],
-                "USD",
-                command_id=command_id,
-            )
+        result = await client.transfer(
+            fields["source"], fields["destination"], fields["amount"], "USD", command_id=command_id
+        )
         tally.record(result, move)
         done += 1
 
