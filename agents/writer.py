@@ -58,7 +58,6 @@ BATCH_SIZE = Histogram(
     buckets=(1, 10, 100, 1000, 10_000, 100_000),
 )
 
-SEND_ATTEMPTS_MAX = 8
 EXIT_DECIDE_BUG = 70  # EX_SOFTWARE
 EXIT_BROKER_GONE = 75  # EX_TEMPFAIL
 
@@ -276,12 +275,13 @@ class Writer:
         if not records:
             return
         delay_s = 0.5
-        for attempt in range(1, SEND_ATTEMPTS_MAX + 1):
+        attempts_max = self.settings.send_attempts_max
+        for attempt in range(1, attempts_max + 1):
             try:
                 offsets = await send_records(self.producer, records)
                 break
             except Exception as error:
-                if attempt == SEND_ATTEMPTS_MAX:
+                if attempt == attempts_max:
                     _stop_worker(
                         EXIT_BROKER_GONE,
                         f"could not send {what} after {attempt} attempts ({error!r}); stopping "
@@ -293,7 +293,7 @@ class Writer:
                     error,
                     delay_s,
                     attempt,
-                    SEND_ATTEMPTS_MAX,
+                    attempts_max,
                 )
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 10.0)

@@ -43,6 +43,13 @@ class Settings(BaseSettings):
         le=1000,
         description="Tries to reach Kafka at start-up, with backoff from 0.5 s to 10 s",
     )
+    send_attempts_max: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description="Tries to send a batch's outputs (backoff 0.5 s to 10 s) before the "
+        "worker stops without acknowledging the batch",
+    )
     rebalance_timeout_s: float = Field(
         default=10.0, gt=0, le=600, description="Consumer group rebalance timeout"
     )
