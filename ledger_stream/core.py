@@ -363,15 +363,7 @@ def _apply_credit(state: _State, leg: Leg, timestamp_ms: int, digest: str) -> Ou
         return Outcome(fingerprint=digest, legs=[refund])
     # After this point the credit must succeed.
     postings = _move(state, TRANSIT, leg.destination, leg.amount)
-    event = JournalEvent(
-        entry_id=f"{leg.transfer_id}:1",
-        kind="transfer_credit",
-        command_id=leg.transfer_id,
-        account=leg.account,
-        currency=leg.currency,
-        timestamp_ms=timestamp_ms,
-        postings=postings,
-    )
+    event = _leg_event(leg, 1, "transfer_credit", postings, timestamp_ms)
     settle = leg.model_copy(update={"type": "settle"})
     result = _leg_result(leg, "accepted", None)
     return Outcome(fingerprint=digest, result=result, journal=[event], legs=[settle])
@@ -392,19 +384,30 @@ def _return_to_source(state: _State, decision: Decision, leg: Leg, timestamp_ms:
         _finish_at_source(state, leg, _leg_result(leg, "accepted", None), [])
         return
     postings = _move(state, TRANSIT, leg.source, leg.amount)
-    event = JournalEvent(
-        entry_id=f"{leg.transfer_id}:2",
-        kind="transfer_refund",
+    event = _leg_event(leg, 2, "transfer_refund", postings, timestamp_ms)
+    result = _leg_result(leg, "rejected", leg.code)
+    _finish_at_source(state, leg, result, [event])
+    decision.results.append(Reply(result, leg.reply_partition))
+    decision.journal.append(event)
+
+
+def _leg_event(
+    leg: Leg,
+    number: int,
+    kind: Literal["transfer_credit", "transfer_refund"],
+    postings: list[Posting],
+    timestamp_ms: int,
+) -> JournalEvent:
+    """The journal event of a leg: entry `<transfer_id>:1` (credit) or `:2` (refund)."""
+    return JournalEvent(
+        entry_id=f"{leg.transfer_id}:{number}",
+        kind=kind,
         command_id=leg.transfer_id,
         account=leg.account,
         currency=leg.currency,
         timestamp_ms=timestamp_ms,
         postings=postings,
     )
-    result = _leg_result(leg, "rejected", leg.code)
-    _finish_at_source(state, leg, result, [event])
-    decision.results.append(Reply(result, leg.reply_partition))
-    decision.journal.append(event)
 
 
 def _finish_at_source(state: _State, leg: Leg, result: Result, journal: list[JournalEvent]) -> None:
