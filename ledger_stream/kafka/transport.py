@@ -7,6 +7,10 @@ writes. This transport corrects those targets with the high watermark of a real 
 (:func:`true_end_offsets`). On Apache Kafka the correction is a no-op: the corrected
 value is never below the reported one.
 
+It also leaves the consumer group on shutdown when the group is in generation 0, which
+is where Tansu starts counting (Apache Kafka starts at 1): aiokafka leaves only from
+generation 1 on, so a restarted worker waited out the stopped member's session first.
+
 Use it with ``broker="ledger-kafka://host:port"``; the scheme is registered in the
 ``faust.transports`` entry-point group by this package's ``pyproject.toml``.
 """
@@ -19,7 +23,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, cast
 
+import aiokafka.consumer.consumer as aiokafka_consumer
 from aiokafka import AIOKafkaConsumer
+from aiokafka.consumer.group_coordinator import GroupCoordinator as AIOKafkaGroupCoordinator
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.group import LeaveGroupRequest
 from aiokafka.structs import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, ConsumerT
@@ -171,6 +179,25 @@ class Consumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class GroupCoordinator(AIOKafkaGroupCoordinator):
+    """aiokafka's group coordinator, leaving the group from generation 0 too."""
+
+    async def _maybe_leave_group(self) -> None:
+        if self.generation == 0 and self._group_instance_id is None:
+            try:
+                await self._send_req(LeaveGroupRequest(self.group_id, self.member_id))
+            except KafkaError as error:
+                logger.warning("LeaveGroup request failed: %s", error)
+            self.reset_generation()
+            return
+        await super()._maybe_leave_group()
+
+
+# AIOKafkaConsumer builds its coordinator from this module-level name; every consumer of
+# a process that uses this transport leaves its group properly on the embedded broker.
+aiokafka_consumer.GroupCoordinator = GroupCoordinator
 
 
 class Transport(faust_aiokafka.Transport):
