@@ -9,6 +9,7 @@ import shutil
 import faust
 
 from ledger_stream.app import create_app
+from ledger_stream.logs import fold_repeats
 from ledger_stream.settings import Settings
 from ledger_stream.topics import ensure_topics
 
@@ -27,5 +28,13 @@ def run_worker(settings: Settings) -> None:
         shutil.rmtree(settings.data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level, loop=loop, quiet=True)
+    worker = Worker(app, loglevel=settings.log_level, loop=loop, quiet=True)
     worker.execute_from_commandline()
+
+
+class Worker(faust.Worker):
+    """Faust's worker, with aiokafka's repeated connection errors folded (see logs.py)."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        fold_repeats(logger)
