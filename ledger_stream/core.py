@@ -64,10 +64,12 @@ TRANSIT = "@transit"  # money between the two legs of a cross-partition transfer
 
 @dataclass(frozen=True)
 class Incoming:
-    """One input of a batch: a command or a leg, with its record's timestamp."""
+    """One input of a batch: a command or a leg, with its record's timestamp and where it was
+    read (`origin`: topic/partition/offset/index), which tells a replay from a repeat."""
 
     message: Command | Leg
     timestamp_ms: int
+    origin: str = ""
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,9 @@ def decide(
         previous = state.outcome(key)
         if previous is not None:
             if previous.fingerprint == digest:
-                decision.emit(previous, message.reply_partition, duplicate=True)
+                # The same record read again (after a crash) is a replay, not a repeat.
+                replay = bool(incoming.origin) and previous.origin == incoming.origin
+                decision.emit(previous, message.reply_partition, duplicate=not replay)
             elif isinstance(message, Leg):
                 # Command ids are unique per partition; a transfer from another partition may
                 # reuse the id of one already credited here. It goes back to its source.
@@ -176,6 +180,8 @@ def decide(
             outcome = _apply_credit(state, message, incoming.timestamp_ms, digest)
         else:
             outcome = _apply_command(state, message, incoming.timestamp_ms, digest, is_local)
+        if incoming.origin:
+            outcome = outcome.model_copy(update={"origin": incoming.origin})
         state.outcomes[key] = outcome
         decision.emit(outcome, message.reply_partition)
     decision.accounts = {name: state.accounts[name] for name in state.touched}  # type: ignore[misc]

@@ -122,9 +122,10 @@ def _placed(
     """Keep the messages whose account belongs to this partition; refuse the others."""
     problems, replies = list(problems or []), list(replies or [])
     inputs: list[Incoming] = []
-    for message in messages:
+    position = f"{record.topic}/{record.partition}/{record.offset}"
+    for index, message in enumerate(messages):
         if is_here(message.account):
-            inputs.append(Incoming(message, record.timestamp_ms))
+            inputs.append(Incoming(message, record.timestamp_ms, f"{position}/{index}"))
             continue
         reason = (
             f"account {message.account!r} does not belong to partition {record.partition}; "

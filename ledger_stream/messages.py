@@ -237,6 +237,9 @@ class Outcome(Message):
     result: Result | None = None
     journal: list[JournalEvent] = Field(default_factory=list)
     legs: list[Leg] = Field(default_factory=list)
+    origin: str | None = Field(
+        default=None, description="topic/partition/offset/index of the record that decided it"
+    )
 
 
 # Message models whose JSON Schema is published in schemas/, by file stem.

@@ -1172,3 +1172,23 @@ def test_a_refund_that_would_pass_balance_max_on_the_source_does_not_stop_the_wr
     assert debit.legs == []
     source.run([deposit("alice", 10, command_id="d1")])
     assert source.accounts["alice"].credits_posted == BALANCE_MAX
+
+
+def test_a_replayed_record_is_answered_as_before_and_a_repeat_as_a_duplicate() -> None:
+    command = deposit("alice", 5, command_id="c1")
+    accounts = {"alice": usd()}
+    first = decide(accounts, {"cmd:c1": None}, [Incoming(command, 1, "cmds/0/7/0")], is_local)
+    stored = first.outcomes["cmd:c1"]
+    assert stored.origin == "cmds/0/7/0"
+    # After a crash the same record is read again: the same answer, not marked duplicate.
+    replay = decide(
+        first.accounts, {"cmd:c1": stored}, [Incoming(command, 1, "cmds/0/7/0")], is_local
+    )
+    assert [(r.result.status, r.result.duplicate) for r in replay.results] == [("accepted", False)]
+    # The client sends it again: another record, marked duplicate; nothing moves either way.
+    repeat = decide(
+        first.accounts, {"cmd:c1": stored}, [Incoming(command, 2, "cmds/0/9/0")], is_local
+    )
+    assert [(r.result.status, r.result.duplicate) for r in repeat.results] == [("accepted", True)]
+    assert replay.accounts == repeat.accounts == {}
+    assert [e.entry_id for e in replay.journal] == [e.entry_id for e in repeat.journal] == ["c1:0"]

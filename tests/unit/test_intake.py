@@ -314,3 +314,12 @@ def test_dead_letter_keeps_the_original_record() -> None:
     letter = dead_letter(value)
     assert letter.record.value == value
     assert letter.record.offset == 42
+
+
+def test_each_input_knows_the_record_and_index_it_came_from() -> None:
+    batch = [deposit(command_id="c1"), deposit(command_id="c2")]
+    read = inputs(encode(batch))
+    source = record(b"")
+    assert [i.origin for i in read] == [
+        f"{source.topic}/{source.partition}/{source.offset}/{index}" for index in (0, 1)
+    ]
