@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 import orjson
@@ -34,7 +34,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from pydantic import BaseModel
 
 from ledger_stream.core import (
-    Decision,
     Incoming,
     Reply,
     accounts_to_prefetch,
@@ -166,16 +165,17 @@ class Writer:
             try:
                 self._decide_partition(partition, group, outbox)
             except Exception:
-                offsets = f"{group[0].message.offset}..{group[-1].message.offset}"
+                span = f"{group[0].message.offset}..{group[-1].message.offset}"
                 _stop_worker(
                     EXIT_DECIDE_BUG,
-                    f"bug while deciding partition {partition} offsets {offsets}; stopping the "
+                    f"bug while deciding partition {partition} offsets {span}; stopping the "
                     "worker without acking the batch, so a fixed worker decides it again",
                 )
         decided = time.perf_counter()
-        await self._send(self._changelog_records(outbox), "table changelogs", outbox, apply=True)
+        offsets = await self._send(self._changelog_records(outbox), "table changelogs")
+        self._apply_locally(outbox, offsets)
         stored = time.perf_counter()
-        await self._send(list(self._output_records(outbox)), "outputs", outbox, apply=False)
+        await self._send(list(self._output_records(outbox)), "outputs")
         logger.debug(
             "batch of %d records, %d results: decided in %.1f ms, stored in %.1f ms, sent in %.1f ms",  # noqa: E501
             len(events),
@@ -204,18 +204,12 @@ class Writer:
         if not batch:
             return
         BATCH_SIZE.observe(len(batch))
-        accounts = {
-            name: _parse(self.accounts.get(partition, name), AccountState)
-            for item in batch
-            for name in accounts_to_prefetch(item.message, is_here)
-        }
-        outcomes = {
-            key: _parse(self.outcomes.get(partition, key), Outcome)
-            for item in batch
-            for key in outcomes_to_prefetch(item.message)
-        }
+        # Each key once: a batch names the same accounts many times.
+        account_names = {n for item in batch for n in accounts_to_prefetch(item.message, is_here)}
+        outcome_keys = {key for item in batch for key in outcomes_to_prefetch(item.message)}
+        accounts = {n: _parse(self.accounts.get(partition, n), AccountState) for n in account_names}
+        outcomes = {key: _parse(self.outcomes.get(partition, key), Outcome) for key in outcome_keys}
         decision = decide(accounts, outcomes, batch, is_here)
-        _check_invariants(decision)
         writes = outbox.writes[partition]
         for name, account in decision.accounts.items():
             writes.accounts[name] = account.model_dump_json().encode()
@@ -262,9 +256,7 @@ class Writer:
             record = letter.record
             yield OutRecord(topics.deadletter, 0, record.key, record.value, letter.headers)
 
-    async def _send(
-        self, records: list[OutRecord], what: str, outbox: Outbox, *, apply: bool
-    ) -> None:
+    async def _send(self, records: list[OutRecord], what: str) -> dict[tuple[str, int], int]:
         """Send and wait for every ack, retrying the whole set with backoff.
 
         Re-sending is safe: changelog records are idempotent overwrites, journal events
@@ -273,13 +265,12 @@ class Writer:
         """
         assert self.producer is not None
         if not records:
-            return
+            return {}
         delay_s = 0.5
         attempts_max = self.settings.send_attempts_max
         for attempt in range(1, attempts_max + 1):
             try:
-                offsets = await send_records(self.producer, records)
-                break
+                return await send_records(self.producer, records)
             except Exception as error:
                 if attempt == attempts_max:
                     _stop_worker(
@@ -297,8 +288,7 @@ class Writer:
                 )
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 10.0)
-        if apply:
-            self._apply_locally(outbox, offsets)
+        raise AssertionError("attempts_max is at least 1")
 
 
 def install(app: faust.App, settings: Settings) -> Writer:
@@ -368,16 +358,7 @@ def _json(message: BaseModel) -> bytes:
     return message.model_dump_json(exclude_none=True).encode()
 
 
-def _check_invariants(decision: Decision) -> None:
-    for event in decision.journal:
-        debits = sum(p.debit for p in event.postings)
-        credits = sum(p.credit for p in event.postings)
-        assert debits == credits, f"journal event {event.entry_id} does not balance"
-    for name, account in decision.accounts.items():
-        assert account.available >= 0, f"account {name} passed its overdraft limit"
-
-
-def _stop_worker(code: int, message: str) -> None:
+def _stop_worker(code: int, message: str) -> NoReturn:
     """Exit at once: Faust would ack (and commit) the batch on any orderly way out."""
     logger.critical(message, exc_info=True)
     logging.shutdown()

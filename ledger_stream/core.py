@@ -186,7 +186,18 @@ def decide(
         decision.emit(outcome, message.reply_partition)
     decision.accounts = {name: state.accounts[name] for name in state.touched}  # type: ignore[misc]
     decision.outcomes = {name: state.outcomes[name] for name in state.new_outcomes(outcomes)}  # type: ignore[misc]
+    _assert_invariants(decision)
     return decision
+
+
+def _assert_invariants(decision: Decision) -> None:
+    """What every decision leaves true, checked at the end as well as along the way."""
+    for event in decision.journal:
+        debits = sum(p.debit for p in event.postings)
+        credits = sum(p.credit for p in event.postings)
+        assert debits == credits, f"journal event {event.entry_id} does not balance"
+    for name, account in decision.accounts.items():
+        assert account.available >= 0, f"account {name} passed its overdraft limit"
 
 
 @dataclass
