@@ -14,7 +14,6 @@ nothing is lost or counted twice. A bug in `decide` stops the worker before step
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import os
@@ -42,6 +41,7 @@ from ledger_stream.core import (
 )
 from ledger_stream.intake import DeadLetter, Record, read_record
 from ledger_stream.kafka.records import OutRecord, send_records
+from ledger_stream.kafka.retry import retried
 from ledger_stream.messages import AccountState, JournalEvent, Leg, Outcome
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
@@ -263,32 +263,24 @@ class Writer:
         collapse by entry id, results by command id, and legs are deduplicated by the
         receiving writer.
         """
-        assert self.producer is not None
+        producer = self.producer
+        assert producer is not None
         if not records:
             return {}
-        delay_s = 0.5
         attempts_max = self.settings.send_attempts_max
-        for attempt in range(1, attempts_max + 1):
-            try:
-                return await send_records(self.producer, records)
-            except Exception as error:
-                if attempt == attempts_max:
-                    _stop_worker(
-                        EXIT_BROKER_GONE,
-                        f"could not send {what} after {attempt} attempts ({error!r}); stopping "
-                        "the worker without acking the batch",
-                    )
-                logger.warning(
-                    "sending %s to Kafka failed (%r); retrying in %.1f s (attempt %d of %d)",
-                    what,
-                    error,
-                    delay_s,
-                    attempt,
-                    attempts_max,
-                )
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 10.0)
-        raise AssertionError("attempts_max is at least 1")
+        try:
+            return await retried(
+                lambda: send_records(producer, records),
+                failure=f"sending {what} to Kafka failed",
+                attempts_max=attempts_max,
+                errors=(Exception,),
+            )
+        except Exception as error:
+            _stop_worker(
+                EXIT_BROKER_GONE,
+                f"could not send {what} after {attempts_max} attempts ({error!r}); stopping "
+                "the worker without acking the batch",
+            )
 
 
 def install(app: faust.App, settings: Settings) -> Writer:

@@ -27,7 +27,7 @@ from aiokafka.cluster import ClusterMetadata
 
 from ledger_stream.core import fingerprint
 from ledger_stream.errors import ConfigurationError, ResultTimeout
-from ledger_stream.kafka.connect import started
+from ledger_stream.kafka.retry import started
 from ledger_stream.messages import COMMAND_ADAPTER, Command, Result
 from ledger_stream.partitioning import partition_of
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ledger_stream.errors import ConfigurationError
-from ledger_stream.kafka.connect import started
+from ledger_stream.kafka.retry import started
 from ledger_stream.settings import Settings
 
 logger = logging.getLogger(__name__)
