@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -177,15 +177,14 @@ def decide(
                 decision.results.append(Reply(rejection, message.reply_partition))
             continue
         if isinstance(message, Leg):
-            outcome = _apply_credit(state, message, incoming.timestamp_ms, digest)
+            outputs = _apply_credit(state, message, incoming.timestamp_ms)
         else:
-            outcome = _apply_command(state, message, incoming.timestamp_ms, digest, is_local)
-        if incoming.origin:
-            outcome = outcome.model_copy(update={"origin": incoming.origin})
-        state.outcomes[key] = outcome
+            outputs = _apply_command(state, message, incoming.timestamp_ms, digest, is_local)
+        outcome = Outcome(fingerprint=digest, origin=incoming.origin or None, **outputs._asdict())
+        state.put_outcome(key, outcome)
         decision.emit(outcome, message.reply_partition)
     decision.accounts = {name: state.accounts[name] for name in state.touched}  # type: ignore[misc]
-    decision.outcomes = {name: state.outcomes[name] for name in state.new_outcomes(outcomes)}  # type: ignore[misc]
+    decision.outcomes = {key: state.outcomes[key] for key in state.touched_outcomes}  # type: ignore[misc]
     _assert_invariants(decision)
     return decision
 
@@ -200,11 +199,20 @@ def _assert_invariants(decision: Decision) -> None:
         assert account.available >= 0, f"account {name} passed its overdraft limit"
 
 
+class Outputs(NamedTuple):
+    """What deciding one input produces, before it is stored as its outcome."""
+
+    result: Result | None = None
+    journal: Sequence[JournalEvent] = ()
+    legs: Sequence[Leg] = ()
+
+
 @dataclass
 class _State:
     accounts: dict[str, AccountState | None]
     outcomes: dict[str, Outcome | None]
     touched: set[str] = field(default_factory=set)
+    touched_outcomes: set[str] = field(default_factory=set)
 
     def account(self, name: str) -> AccountState | None:
         assert name in self.accounts, f"account {name!r} was not prefetched"
@@ -218,8 +226,9 @@ class _State:
         self.accounts[name] = account
         self.touched.add(name)
 
-    def new_outcomes(self, before: Mapping[str, Outcome | None]) -> list[str]:
-        return [key for key, value in self.outcomes.items() if value is not before.get(key)]
+    def put_outcome(self, key: str, outcome: Outcome) -> None:
+        self.outcomes[key] = outcome
+        self.touched_outcomes.add(key)
 
 
 def _apply_command(
@@ -228,10 +237,10 @@ def _apply_command(
     timestamp_ms: int,
     digest: str,
     is_local: Callable[[str], bool],
-) -> Outcome:
+) -> Outputs:
     code = _check_command(state, command, is_local)
     if code is not None:
-        return Outcome(fingerprint=digest, result=_rejected(command, code, digest))
+        return Outputs(result=_rejected(command, code, digest))
     # After this point the command must succeed: every check is above.
     journal = _post_command(state, command, timestamp_ms, is_local)
     in_transit = isinstance(command, Transfer) and not is_local(command.destination)
@@ -248,8 +257,8 @@ def _apply_command(
             payload_digest=digest,
         )
         # The result comes from the destination's writer, once the money has landed.
-        return Outcome(fingerprint=digest, journal=journal, legs=[leg])
-    return Outcome(fingerprint=digest, result=_accepted(command, digest), journal=journal)
+        return Outputs(journal=journal, legs=[leg])
+    return Outputs(result=_accepted(command, digest), journal=journal)
 
 
 def _check_command(state: _State, command: Command, is_local: Callable[[str], bool]) -> str | None:
@@ -372,18 +381,18 @@ def _post_command(
     ]
 
 
-def _apply_credit(state: _State, leg: Leg, timestamp_ms: int, digest: str) -> Outcome:
+def _apply_credit(state: _State, leg: Leg, timestamp_ms: int) -> Outputs:
     """A credit leg at the destination: land the money, or send it back with the reason."""
     code = _check_credit(state, leg)
     if code is not None:
         refund = leg.model_copy(update={"type": "refund", "code": code})
-        return Outcome(fingerprint=digest, legs=[refund])
+        return Outputs(legs=[refund])
     # After this point the credit must succeed.
     postings = _move(state, TRANSIT, leg.destination, leg.amount)
     event = _leg_event(leg, 1, "transfer_credit", postings, timestamp_ms)
     settle = leg.model_copy(update={"type": "settle"})
     result = _leg_result(leg, "accepted", None)
-    return Outcome(fingerprint=digest, result=result, journal=[event], legs=[settle])
+    return Outputs(result=result, journal=[event], legs=[settle])
 
 
 def _return_to_source(state: _State, decision: Decision, leg: Leg, timestamp_ms: int) -> None:
@@ -439,7 +448,7 @@ def _finish_at_source(state: _State, leg: Leg, result: Result, journal: list[Jou
     original = state.outcome(key)
     assert original is not None
     update = {"result": result, "journal": [*original.journal, *journal], "legs": []}
-    state.outcomes[key] = original.model_copy(update=update)
+    state.put_outcome(key, original.model_copy(update=update))
 
 
 def _check_credit(state: _State, leg: Leg) -> str | None:
