@@ -64,7 +64,7 @@ class LedgerClient:
         self._waiting: dict[str, deque[tuple[str, asyncio.Future[Result]]]] = defaultdict(deque)
         self._queued: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
         self._flush_handle: asyncio.TimerHandle | None = None
-        self._flushes: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> LedgerClient:
         await self.start()
@@ -109,10 +109,7 @@ class LedgerClient:
         self._reader = asyncio.create_task(self._read_results())
 
     async def stop(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
         await self.flush()
-        await asyncio.gather(*list(self._flushes))
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -181,7 +178,7 @@ class LedgerClient:
             return await self._submit(command)
 
     async def _submit(self, command: Command) -> Result:
-        if command.reply_partition != self.reply_partition:
+        if command.reply_partition != self.reply_partition:  # answers come to this client
             command = command.model_copy(update={"reply_partition": self.reply_partition})
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting[command.command_id].append((fingerprint(command), future))
@@ -200,7 +197,12 @@ class LedgerClient:
         self._enqueue(account, value)
 
     async def flush(self) -> None:
-        """Send every queued command now and wait until Kafka has them."""
+        """Send every queued command now and wait until Kafka has them, and every batch
+        already on its way."""
+        await self._send_queued()
+        await asyncio.gather(*list(self._sending))
+
+    async def _send_queued(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
@@ -219,6 +221,7 @@ class LedgerClient:
 
     async def _command(self, kind: str, command_id: str | None, **fields: Any) -> Result:
         fields["command_id"] = command_id or uuid.uuid4().hex
+        fields["reply_partition"] = self.reply_partition
         command = COMMAND_ADAPTER.validate_python({"type": kind, **fields})
         return await self.submit(command)
 
@@ -234,13 +237,13 @@ class LedgerClient:
         elif self._flush_handle is None:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_later(
-                self.linger_ms / 1000, lambda: self._spawn(self.flush())
+                self.linger_ms / 1000, lambda: self._spawn(self._send_queued())
             )
 
     def _spawn(self, sending: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(sending)
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _read_results(self) -> None:
         assert self._consumer is not None

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from aiokafka import TopicPartition
 
 from ledger_stream.client import LedgerClient
 from ledger_stream.errors import BrokerUnavailable, ConfigurationError, ResultTimeout
 from ledger_stream.kafka.broker import EmbeddedBroker, free_port
+from ledger_stream.kafka.transport import true_end_offsets
+from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
 
 
@@ -40,3 +43,16 @@ async def test_client_refuses_a_float_amount_before_sending(ledger: Settings) ->
     async with LedgerClient(ledger.bootstrap_servers, topic_prefix=ledger.topic_prefix) as client:
         with pytest.raises(ValueError, match="not float"):
             await client.deposit("alice", 12.5, "USD")  # type: ignore[arg-type]
+
+
+async def test_flush_waits_for_batches_already_on_their_way(ledger: Settings) -> None:
+    async with LedgerClient(
+        ledger.bootstrap_servers, topic_prefix=ledger.topic_prefix, batch_size_max=2
+    ) as client:
+        for number in range(3):  # a full batch of two goes at once, the third waits
+            client.send_raw("alice", b'{"n": %d}' % number)
+        await client.flush()
+        partition = partition_of("alice", ledger.partitions)
+        commands = TopicPartition(f"{ledger.topic_prefix}commands", partition)
+        ends = await true_end_offsets(ledger.bootstrap_servers, [commands])
+        assert ends[commands] == 2
