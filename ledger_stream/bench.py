@@ -1,8 +1,8 @@
 """`ledger-stream bench`: how many transfers a second the writers decide.
 
-Accounts are opened and funded through LedgerClient; then transfers are produced as fast as
-Kafka takes them (pre-serialised, batched per partition, no waiting per command) and the
-results are counted as they arrive. It reports figures, never pass or fail.
+Accounts are opened and funded through LedgerClient; then transfers, serialised beforehand,
+go through the same client without waiting per command (it batches them per partition),
+and the results are counted as they arrive. It reports figures, never pass or fail.
 """
 
 from __future__ import annotations
@@ -19,16 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ledger_stream.client import LedgerClient
 from ledger_stream.local import start_local_ledger
-from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
 from ledger_stream.topics import TopicNames
 
 COMMANDS_PER_RECORD = 500
-REPLY_PARTITION = 0
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -55,40 +53,33 @@ def run_bench(args: argparse.Namespace) -> int:
 async def _measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     rng = random.Random(args.seed)
     accounts = [f"bench-{i:06d}" for i in range(args.accounts)]
+    topics = TopicNames.from_settings(settings)
+    run = f"b{rng.randrange(1 << 30):x}-"
     async with LedgerClient(
-        settings.bootstrap_servers, topic_prefix=settings.topic_prefix, timeout_s=120
+        settings.bootstrap_servers,
+        topic_prefix=settings.topic_prefix,
+        timeout_s=120,
+        batch_size_max=COMMANDS_PER_RECORD,
     ) as client:
         await asyncio.gather(*(client.open_account(a, "USD") for a in accounts))
         await asyncio.gather(*(client.deposit(a, 10**12, "USD") for a in accounts))
-    topics = TopicNames.from_settings(settings)
-    run = f"{rng.randrange(1 << 30):x}"
-    records = _transfer_records(rng, accounts, args.transfers, settings.partitions, run)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
-    await consumer.start()
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        linger_ms=5,
-        max_request_size=8 << 20,
-        max_batch_size=1 << 20,
-    )
-    await producer.start()
-    try:
-        reply = TopicPartition(topics.results, REPLY_PARTITION)
-        consumer.assign([reply])
-        await consumer.seek_to_end(reply)
-        await consumer.position(reply)
-        started = time.monotonic()
-        sends = [
-            await producer.send(topics.commands, value, key=key, partition=partition)
-            for partition, key, value in records
-        ]
-        await asyncio.gather(*sends)
-        produced = time.monotonic()
-        codes = await _count_results(consumer, reply, f"b{run}-", args.transfers)
-        finished = time.monotonic()
-    finally:
-        await producer.stop()
-        await consumer.stop()
+        transfers = _transfers(rng, accounts, args.transfers, run, client.reply_partition)
+        reply = TopicPartition(topics.results, client.reply_partition)
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+        await consumer.start()
+        try:
+            consumer.assign([reply])
+            await consumer.seek_to_end(reply)
+            await consumer.position(reply)
+            started = time.monotonic()
+            for source, value in transfers:  # pre-serialised; no waiting per command
+                client.send_raw(source, value)
+            await client.flush()
+            produced = time.monotonic()
+            codes = await _count_results(consumer, reply, run, args.transfers)
+            finished = time.monotonic()
+        finally:
+            await consumer.stop()
     elapsed = finished - started
     return {
         "transfers": args.transfers,
@@ -102,35 +93,24 @@ async def _measure(args: argparse.Namespace, settings: Settings) -> dict[str, An
     }
 
 
-def _transfer_records(
-    rng: random.Random, accounts: list[str], count: int, partitions: int, run: str
-) -> list[tuple[int, bytes, bytes]]:
-    """Transfers as (partition, key, JSON array value), COMMANDS_PER_RECORD per record."""
-    pending: dict[int, list[bytes]] = {}
-    keys: dict[int, bytes] = {}
-    records: list[tuple[int, bytes, bytes]] = []
+def _transfers(
+    rng: random.Random, accounts: list[str], count: int, run: str, reply_partition: int
+) -> list[tuple[str, bytes]]:
+    """(source account, JSON command) of each transfer, answered on `reply_partition`."""
+    transfers = []
     for number in range(count):
         source, destination = rng.sample(accounts, 2)
-        partition = partition_of(source, partitions)
         command = {
             "type": "transfer",
-            "command_id": f"b{run}-{number}",
+            "command_id": f"{run}{number}",
             "account": source,
             "destination": destination,
             "amount": rng.randint(1, 10_000),
             "currency": "USD",
-            "reply_partition": REPLY_PARTITION,
+            "reply_partition": reply_partition,
         }
-        pending.setdefault(partition, []).append(orjson.dumps(command))
-        keys.setdefault(partition, source.encode())
-        if len(pending[partition]) == COMMANDS_PER_RECORD:
-            records.append((partition, keys.pop(partition), _array(pending.pop(partition))))
-    records += [(p, keys[p], _array(values)) for p, values in pending.items()]
-    return records
-
-
-def _array(values: list[bytes]) -> bytes:
-    return b"[" + b",".join(values) + b"]"
+        transfers.append((source, orjson.dumps(command)))
+    return transfers
 
 
 async def _count_results(

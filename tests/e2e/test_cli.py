@@ -90,3 +90,11 @@ def test_broker_command_serves_kafka_until_sigterm() -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
+
+
+def test_bench_reports_figures_for_every_transfer_it_sent() -> None:
+    done = run_cli("bench", "--accounts", "20", "--transfers", "500", "--partitions", "2", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["results"] == {"accepted": 500}
+    assert figures["transfers_per_s"] > 0 and figures["partitions"] == 2
