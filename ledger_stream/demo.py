@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,6 @@ from ledger_stream.journal import Books, fold, read_journal
 from ledger_stream.local import start_local_ledger
 from ledger_stream.messages import Result
 from ledger_stream.money import format_amount
-from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
 from ledger_stream.topics import TopicNames
 
@@ -38,9 +37,9 @@ SETTLE_ATTEMPTS_MAX = 20
 
 @dataclass
 class Tally:
-    """What the demo sent and what came back."""
+    """What the demo sent and what came back: the balances the results promise."""
 
-    results: dict[str, Result] = field(default_factory=dict)
+    currency_of: dict[str, str]
     codes: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     expected: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -54,13 +53,21 @@ class Tally:
         if result.duplicate:
             self.duplicates += 1
             return
-        self.results[result.command_id] = result
         if result.status == "accepted" and move is not None:
             source, destination, amount = move
             self.expected[source] -= amount
             self.expected[destination] += amount
             if not funding:
                 self.transfers_accepted += 1
+
+    def mismatched(self, books: Books) -> list[str]:
+        """Customer accounts whose balance in the journal is not what the results said."""
+        return [
+            account
+            for account, amount in self.expected.items()
+            if not account.startswith("@")
+            and books.balance(account, self.currency_of[account]) != amount
+        ]
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -86,9 +93,9 @@ async def _drive(
     args: argparse.Namespace, settings: Settings, say: Callable[[str], None]
 ) -> dict[str, Any]:
     rng = random.Random(args.seed)
-    tally = Tally()
     accounts = [f"acct-{i:05d}" for i in range(args.accounts)]
     euro = set(accounts[:: max(1, args.accounts // 10)][: max(1, args.accounts // 20)])
+    tally = Tally({a: "EUR" if a in euro else "USD" for a in accounts})
     async with LedgerClient(
         settings.bootstrap_servers,
         topic_prefix=settings.topic_prefix,
@@ -97,11 +104,9 @@ async def _drive(
     ) as client:
         say(f"opening and funding {len(accounts)} accounts (waiting for the workers to join)")
         started = time.monotonic()
-        await asyncio.gather(
-            *(client.open_account(a, "EUR" if a in euro else "USD") for a in accounts)
-        )
+        await asyncio.gather(*(client.open_account(a, tally.currency_of[a]) for a in accounts))
         funded = await asyncio.gather(
-            *(client.deposit(a, OPENING_BALANCE, "EUR" if a in euro else "USD") for a in accounts)
+            *(client.deposit(a, OPENING_BALANCE, tally.currency_of[a]) for a in accounts)
         )
         for account, result in zip(accounts, funded, strict=True):
             tally.record(result, (WORLD, account, OPENING_BALANCE), funding=True)
@@ -113,7 +118,7 @@ async def _drive(
         await _run_transfers(client, plan, tally, say)
         elapsed = time.monotonic() - started
     books = await _settled_books(settings, tally)
-    return _report(args, settings, tally, books, elapsed, dead_letters, euro, say)
+    return _report(args, settings, tally, books, elapsed, dead_letters, say)
 
 
 def _plan_transfers(
@@ -197,11 +202,7 @@ async def _settled_books(settings: Settings, tally: Tally) -> Books:
     books = Books()
     for _ in range(SETTLE_ATTEMPTS_MAX):
         books = fold(await read_journal(settings.bootstrap_servers, topic))
-        if all(
-            books.balance(a, "USD") + books.balance(a, "EUR") == amount
-            for a, amount in tally.expected.items()
-            if not a.startswith("@")
-        ):
+        if not tally.mismatched(books):
             break
         await asyncio.sleep(0.5)
     return books
@@ -214,14 +215,9 @@ def _report(
     books: Books,
     elapsed: float,
     dead_letters: int,
-    euro: set[str],
     say: Callable[[str], None],
 ) -> dict[str, Any]:
-    customer = [a for a in tally.expected if not a.startswith("@")]
-    mismatched = [
-        a for a in customer if books.balance(a, "EUR" if a in euro else "USD") != tally.expected[a]
-    ]
-    negative = [a for a in customer if books.balance(a, "EUR" if a in euro else "USD") < 0]
+    negative = [a for a, c in tally.currency_of.items() if books.balance(a, c) < 0]
     totals = books.totals()
     transit = {c: books.balance(TRANSIT, c) for c in totals}
     transfer_events = books.kinds["transfer"] + books.kinds["transfer_credit"]
@@ -229,7 +225,7 @@ def _report(
         "every_event_balances": not books.unbalanced,
         "total_is_zero": all(amount == 0 for amount in totals.values()),
         "transit_is_zero": all(amount == 0 for amount in transit.values()),
-        "balances_match_results": not mismatched,
+        "balances_match_results": not tally.mismatched(books),
         "no_account_overdrawn": not negative,
         "each_accepted_transfer_posted_once": transfer_events == tally.transfers_accepted,
     }
@@ -281,6 +277,3 @@ def _printer(quiet_json: bool) -> Callable[[str], None]:
         print(line, file=sys.stderr if quiet_json else sys.stdout, flush=True)
 
     return say
-
-
-__all__ = ["Coroutine", "partition_of", "run_demo"]
