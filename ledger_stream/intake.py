@@ -108,7 +108,9 @@ def _read_items(record: Record, error: ValidationError, is_here: Callable[[str],
         except ValidationError as item_error:
             where = f"item {index}: " if batch else ""
             problems.append(where + _describe(item_error))
-            replies.extend(_rejections(item, item_error))
+            reply = _rejection_of(item, item_error)
+            if reply is not None:
+                replies.append(reply)
     return _placed(record, commands, is_here, problems, replies)
 
 
@@ -149,15 +151,15 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(problems)[:1000]
 
 
-def _rejections(item: Any, error: ValidationError) -> list[Reply]:
-    """A rejection for a refused command whose command_id can still be read."""
+def _rejection_of(item: Any, error: ValidationError) -> Reply | None:
+    """The rejection of a refused command, when its command_id can still be read."""
     if not isinstance(item, dict) or not isinstance(item.get("command_id"), str):
-        return []
+        return None
     partition = item.get("reply_partition")
     if not isinstance(partition, int) or isinstance(partition, bool) or partition < 0:
         partition = None
     command_id = item["command_id"][:128]
-    return [_rejection(command_id, _code_for(error), _describe(error), partition)]
+    return _rejection(command_id, _code_for(error), _describe(error), partition)
 
 
 # Fields whose own validation failing has a code of its own.

@@ -58,6 +58,8 @@ class CommandBase(Message):
 
 
 class CurrencyField(Message):
+    """A currency, and the amounts of the model read in its minor units."""
+
     currency: Currency
 
     @field_validator("currency")
@@ -67,30 +69,22 @@ class CurrencyField(Message):
             raise ValueError(f"unknown currency {value!r}")
         return value
 
-
-class AmountFields(CurrencyField):
-    amount: WireAmount
-
-    @field_validator("amount", mode="before")
+    @field_validator("amount", "overdraft_limit", mode="before", check_fields=False)
     @classmethod
     def _minor_units(cls, value: object, info: ValidationInfo) -> int:
         currency = info.data.get("currency")
         if currency is None:  # currency failed its own validation; report that instead
-            raise ValueError("amount cannot be read without a valid currency")
+            raise ValueError(f"{info.field_name} cannot be read without a valid currency")
         return parse_amount(value, currency)
+
+
+class AmountFields(CurrencyField):
+    amount: WireAmount
 
 
 class OpenAccount(CommandBase, CurrencyField):
     type: Literal["open_account"]
     overdraft_limit: WireAmount = 0
-
-    @field_validator("overdraft_limit", mode="before")
-    @classmethod
-    def _overdraft_minor_units(cls, value: object, info: ValidationInfo) -> int:
-        currency = info.data.get("currency")
-        if currency is None:
-            raise ValueError("overdraft_limit cannot be read without a valid currency")
-        return parse_amount(value, currency)
 
 
 class Deposit(CommandBase, AmountFields):

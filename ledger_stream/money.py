@@ -54,10 +54,10 @@ CURRENCY_EXPONENTS: dict[str, int] = {
     **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
 }
 
-# ASCII digits only, and nothing after them: `$` would also match before a final newline.
-_DECIMAL = re.compile(r"(-?)([0-9]{1,30})(?:\.([0-9]{1,30}))?")
 # Amounts of more digits than this are not amounts (an int or a string alike).
 _DIGITS_MAX = 30
+# ASCII digits only; matched whole (`$` would also match before a final newline).
+_DECIMAL = re.compile(rf"(-?)([0-9]{{1,{_DIGITS_MAX}}})(?:\.([0-9]{{1,{_DIGITS_MAX}}}))?")
 
 
 class AmountSyntaxError(ValueError):
@@ -93,9 +93,9 @@ def parse_amount(raw: object, currency: str) -> int:
             f"amount {raw[:40]!r} is not a plain decimal string (digits, optional '.', no exponent)"
         )
     sign, whole, fraction = match.group(1), match.group(2), match.group(3) or ""
-    if currency not in CURRENCY_EXPONENTS:
+    exponent = CURRENCY_EXPONENTS.get(currency)
+    if exponent is None:
         raise AmountSyntaxError(f"unknown currency {currency!r}")
-    exponent = exponent_of(currency)
     if len(fraction) > exponent:
         raise AmountSyntaxError(
             f"amount {raw!r} has {len(fraction)} fraction digits; {currency} has {exponent}"
