@@ -1,1 +1,1 @@
-"""Faust agents of the ledger worker."""
+"""The ledger worker process: the writer agent, its HTTP views, and the entry point."""

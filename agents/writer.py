@@ -1,357 +1,535 @@
 """The ledger writer: one per partition, deciding batches of commands and legs.
 
-Per batch, in this order (a crash between any two steps is repaired by replay):
-1. read records (bad ones become dead letters),
-2. prefetch the accounts and outcomes the batch names, per partition,
-3. `decide` (pure) once per partition,
-4. produce the changed accounts and outcomes to the tables' changelogs and wait for the acks,
-5. write them to the local RocksDB tables (so local state never runs ahead of its changelog),
-6. send journal events, results, legs and dead letters, and wait for the acks,
-7. hand the batch back to Faust, which acks it and commits the offsets.
-A replayed command finds its outcome and re-sends the same outputs (same entry ids), so
-nothing is lost or counted twice. A bug in `decide` stops the worker before step 4.
+Per batch, in this order, written down here and nowhere else:
+1. read the records (bad ones become dead letters) and prefetch the state they name;
+2. decide (pure), per partition, in pieces whose state changes fit one state record;
+3. commit each piece to the state log, one record each, and wait for the acks; a commit that
+   landed anywhere but where this writer expected means another writer owns the partition:
+   stop, sending nothing (`state/log.py`);
+4. write the committed changes to the local store (in step 3, right after each ack);
+5. send journal events, results, legs and dead letters, and wait for every ack;
+6. only then acknowledge the input (commit the group's offsets).
+An error at any step stops the worker without acknowledging the batch: a restarted worker
+restores from the state log and reads the batch again, and a command that already has an
+outcome re-sends the same outputs (same keys, same bytes), so nothing is lost or counted
+twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
 import time
+import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NoReturn
 
-import faust
-import orjson
-import rocksdict
-from aiokafka import AIOKafkaProducer
-from faust.types import TP, EventT, StreamT, TableT
-from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
-from pydantic import BaseModel
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from prometheus_client import Counter, Gauge, Histogram
 
-from ledger_stream.core import (
-    Incoming,
-    Reply,
-    accounts_to_prefetch,
-    decide,
-    outcomes_to_prefetch,
-)
+import ledger_stream.kafka.group  # noqa: F401  (leave the group properly on the embedded broker)
+from ledger_stream.core import Incoming, accounts_to_prefetch, decide, outcomes_to_prefetch
+from ledger_stream.errors import LedgerError
+from ledger_stream.faults import Faults
 from ledger_stream.intake import DeadLetter, Record, read_record
-from ledger_stream.kafka.records import OutRecord, send_records
+from ledger_stream.kafka.reading import reader
+from ledger_stream.kafka.records import send_records
 from ledger_stream.kafka.retry import retried
-from ledger_stream.messages import AccountState, JournalEvent, Leg, Outcome
+from ledger_stream.messages import AccountState, Outcome
+from ledger_stream.outputs import Outbox
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
-from ledger_stream.topics import TopicNames
+from ledger_stream.state.log import Commit, Fenced, PartitionLog, encode
+from ledger_stream.state.store import Changes, PartitionStore
+from ledger_stream.topics import STATE_RECORD_BYTES_MAX, TopicNames
 
 logger = logging.getLogger(__name__)
 
 RESULTS = Counter("ledger_results_total", "Results written", ["status", "code"])
 DEAD_LETTERS = Counter("ledger_dead_letters_total", "Records sent to the dead-letter topic")
+COMMITS = Counter("ledger_state_commits_total", "State records committed")
 BATCH_SIZE = Histogram(
     "ledger_writer_batch_inputs",
     "Commands and legs per writer batch",
     buckets=(1, 10, 100, 1000, 10_000, 100_000),
 )
+BATCH_SECONDS = Histogram("ledger_writer_batch_seconds", "Time to decide, commit and send a batch")
+STALLED = Gauge(
+    "ledger_partition_stalled",
+    "1 while a partition has input waiting and makes no progress",
+    ["partition"],
+)
+LAG = Gauge(
+    "ledger_input_lag_records", "Input records not yet acknowledged", ["topic", "partition"]
+)
 
-EXIT_DECIDE_BUG = 70  # EX_SOFTWARE
+EXIT_BUG = 70  # EX_SOFTWARE
 EXIT_BROKER_GONE = 75  # EX_TEMPFAIL
+EXIT_FENCED = 76  # another writer owns a partition this one was writing
 
-
-class TableStore:
-    """The writer's access to one Faust table, a batch at a time.
-
-    Faust's table API writes one key at a time under a current event and produces one
-    changelog record per write through a per-message buffer. The writer instead reads the
-    table's RocksDB partition databases directly, produces its changelog records in
-    batches, and writes them locally with one RocksDB write batch, recording the changelog
-    offset the way Faust's recovery expects (`set_persisted_offset`). The Faust table still
-    owns the changelog topic, recovery, standbys and partition assignment.
-    """
-
-    def __init__(self, table: TableT[bytes, bytes]) -> None:
-        self.table = table
-
-    @property
-    def changelog_topic(self) -> str:
-        return str(self.table.changelog_topic.get_topic_name())
-
-    def get(self, partition: int, key: str) -> bytes | None:
-        value: bytes | None = self._db(partition).get(key.encode())
-        return value
-
-    def changelog(self, partition: int, items: dict[str, bytes]) -> list[OutRecord]:
-        topic = self.changelog_topic
-        return [OutRecord(topic, partition, key.encode(), value) for key, value in items.items()]
-
-    def apply(self, partition: int, items: dict[str, bytes], offset: int) -> None:
-        batch = rocksdict.WriteBatch(raw_mode=True)
-        for key, value in items.items():
-            batch.put(key.encode(), value)
-        self._db(partition).write(batch)
-        self._store.set_persisted_offset(TP(self.changelog_topic, partition), offset)
-
-    @property
-    def _store(self) -> Any:
-        """The table's faust RocksDB store (typed loosely by faust as a mapping)."""
-        return self.table.data
-
-    def _db(self, partition: int) -> Any:
-        return self._store._db_for_partition(partition)
+COMMIT_INPUTS_MAX = 5000  # inputs decided into one state record, before any size check
+WATCH_INTERVAL_S = 1.0
 
 
 @dataclass
-class PartitionWrites:
-    accounts: dict[str, bytes] = field(default_factory=dict)
-    outcomes: dict[str, bytes] = field(default_factory=dict)
+class Piece:
+    """One commit's worth of a partition's batch: its changes, and the outputs they bring."""
 
-
-@dataclass
-class Outbox:
-    """What a batch writes and sends once it is decided."""
-
-    writes: dict[int, PartitionWrites] = field(default_factory=lambda: defaultdict(PartitionWrites))
-    journal: list[tuple[int, JournalEvent]] = field(default_factory=list)
-    results: list[Reply] = field(default_factory=list)
-    legs: list[Leg] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
+    commit: Commit
+    outbox: Outbox = field(default_factory=Outbox)
 
 
 class Writer:
-    def __init__(self, app: faust.App, settings: Settings) -> None:
-        self.app = app
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topics = TopicNames.from_settings(settings)
-        table_options: dict[str, Any] = {
-            "partitions": settings.partitions,
-            "key_type": bytes,  # raw bytes both ways: keys are ids, values our JSON
-            "value_type": bytes,
-        }
-        self.accounts = TableStore(app.Table("accounts", **table_options))
-        self.outcomes = TableStore(app.Table("outcomes", **table_options))
+        self.faults = Faults(settings.fault_point, settings.fault_after)
+        self.writer_id = uuid.uuid4().hex  # one per process incarnation
+        self.identity = f"{settings.bootstrap_servers}/{self.topics.state}/{settings.partitions}"
+        self.logs: dict[int, PartitionLog] = {}
+        self.lock = asyncio.Lock()  # one batch or one rebalance at a time
+        self.ready = asyncio.Event()
+        self.acked: dict[TopicPartition, int] = {}  # next input offset, per partition
+        self.progress_at: dict[TopicPartition, float] = {}
         self.producer: AIOKafkaProducer | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.reader: AIOKafkaConsumer | None = None
 
-    async def run(self, stream: StreamT[bytes]) -> None:
+    # -- running ------------------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        settings = self.settings
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.bootstrap_servers,
+            bootstrap_servers=settings.bootstrap_servers,
             acks="all",
             linger_ms=0,
             max_batch_size=1024 * 1024,
-            max_request_size=8 * 1024 * 1024,
+            max_request_size=STATE_RECORD_BYTES_MAX + 1024 * 1024,
         )
-        await self.producer.start()
+        self.reader = reader(settings.bootstrap_servers)
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=settings.app_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            partition_assignment_strategy=(RangePartitionAssignor,),  # co-partitioned
+            session_timeout_ms=int(settings.session_timeout_s * 1000),
+            rebalance_timeout_ms=int(settings.rebalance_timeout_s * 1000),
+            heartbeat_interval_ms=int(settings.heartbeat_interval_s * 1000),
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        for client in (self.producer, self.reader, self.consumer):
+            await client.start()
+        self.consumer.subscribe([self.topics.commands, self.topics.legs], listener=_Listener(self))
         # Batches allocate many short-lived objects; collecting the young generation less
         # often, and never rescanning what existed at start-up, saves about a third of the
         # time a batch takes to decide.
         gc.freeze()
         gc.set_threshold(50_000, 20, 50)
+        watcher = asyncio.create_task(self._watch_progress())
         try:
-            linger_s = self.settings.batch_linger_ms / 1000
-            batch_size = self.settings.batch_size_max
-            # take_events is on faust.Stream, not on the StreamT interface
-            batches = stream.take_events(batch_size, within=linger_s)  # type: ignore[attr-defined]
-            async for events in batches:
-                await self.write_batch(events)
-        finally:
-            await self.producer.stop()
-
-    async def write_batch(self, events: Sequence[EventT]) -> None:
-        started = time.perf_counter()
-        outbox = Outbox()
-        for partition, group in _by_partition(events).items():
-            try:
-                self._decide_partition(partition, group, outbox)
-            except Exception:
-                span = f"{group[0].message.offset}..{group[-1].message.offset}"
-                _stop_worker(
-                    EXIT_DECIDE_BUG,
-                    f"bug while deciding partition {partition} offsets {span}; stopping the "
-                    "worker without acking the batch, so a fixed worker decides it again",
+            while not stopping.is_set():
+                batch = await self.consumer.getmany(
+                    timeout_ms=200, max_records=settings.batch_size_max
                 )
-        decided = time.perf_counter()
-        offsets = await self._send(self._changelog_records(outbox), "table changelogs")
-        self._apply_locally(outbox, offsets)
-        stored = time.perf_counter()
-        await self._send(list(self._output_records(outbox)), "outputs")
-        logger.debug(
-            "batch of %d records, %d results: decided in %.1f ms, stored in %.1f ms, sent in %.1f ms",  # noqa: E501
-            len(events),
-            len(outbox.results),
-            (decided - started) * 1e3,
-            (stored - decided) * 1e3,
-            (time.perf_counter() - stored) * 1e3,
+                if batch:
+                    async with self.lock:
+                        await self._write_batch(batch)
+        finally:
+            watcher.cancel()
+            await self.consumer.stop()  # leaves the group: the partitions move at once
+            await self.reader.stop()
+            await self.producer.stop()
+            for log in self.logs.values():
+                log.store.close()
+
+    async def acquire(self, assigned: set[TopicPartition]) -> None:
+        """Restore and claim each newly assigned partition before deciding anything of it."""
+        async with self.lock:
+            numbers = sorted({tp.partition for tp in assigned})
+            for number in numbers:
+                if number not in self.logs:
+                    self.logs[number] = await self._restore(number)
+                    self.faults.reached("claimed")
+            assert self.consumer is not None
+            now = time.monotonic()
+            for tp in assigned:
+                committed = await self.consumer.committed(tp)
+                self.acked[tp] = committed or 0
+                self.progress_at[tp] = now
+            logger.info("writing partitions %s", numbers or "none (more workers than partitions)")
+            if not self.ready.is_set():
+                self.ready.set()
+                logger.info("Worker ready")
+
+    async def release(self, revoked: set[TopicPartition]) -> None:
+        """Give partitions up between batches (the lock waits for the batch in progress)."""
+        async with self.lock:
+            for number in sorted({tp.partition for tp in revoked}):
+                log = self.logs.pop(number, None)
+                if log is not None:
+                    log.store.close()
+            for tp in revoked:
+                self.acked.pop(tp, None)
+                self.progress_at.pop(tp, None)
+                STALLED.labels(str(tp.partition)).set(0)
+            if revoked:
+                logger.info("gave up partitions %s", sorted({tp.partition for tp in revoked}))
+
+    async def _restore(self, number: int) -> PartitionLog:
+        assert self.reader is not None
+        path = Path(self.settings.data_dir) / f"partition-{number}"
+        store = PartitionStore(path, self.identity)
+        log = PartitionLog(
+            self.topics.state, number, store, self.writer_id, self.reader, self._append
         )
+        await log.restore()
+        return log
+
+    # -- one batch ------------------------------------------------------------------------
+
+    async def _write_batch(
+        self, batch: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
+    ) -> None:
+        started = time.perf_counter()
+        owned = {tp: records for tp, records in batch.items() if tp.partition in self.logs}
+        pieces: list[tuple[PartitionLog, Piece]] = []
+        for number, records in _by_partition(owned).items():
+            try:
+                pieces += [(self.logs[number], p) for p in self._decide_partition(number, records)]
+            except Exception:
+                span = ", ".join(f"{r.topic}@{r.offset}" for r in records[:3])
+                _stop_worker(
+                    EXIT_BUG,
+                    f"bug while deciding partition {number} (records {span}...); stopping "
+                    "without acknowledging the batch, so a fixed worker decides it again",
+                )
+        self.faults.reached("decided")
+        await self._commit(pieces)
+        self.faults.reached("applied")
+        outbox = Outbox()
+        for _, piece in pieces:
+            _extend(outbox, piece.outbox)
+        await self._send_outputs(outbox)
+        self.faults.reached("outputs-sent")
+        await self._acknowledge(owned)
+        BATCH_SECONDS.observe(time.perf_counter() - started)
         for reply in outbox.results:
             RESULTS.labels(reply.result.status, reply.result.code or "").inc()
         DEAD_LETTERS.inc(len(outbox.dead_letters))
 
-    def _decide_partition(self, partition: int, group: list[EventT], outbox: Outbox) -> None:
+    def _decide_partition(
+        self, number: int, records: list[ConsumerRecord[Any, Any]]
+    ) -> list[Piece]:
         n = self.settings.partitions
 
         def is_here(account: str) -> bool:
-            return partition_of(account, n) == partition
+            return partition_of(account, n) == number
 
-        batch: list[Incoming] = []
-        for event in group:
-            read = read_record(_record(event, self.topics.legs), is_here)
-            batch.extend(read.inputs)
+        inputs: list[Incoming] = []
+        letters: list[DeadLetter] = []
+        for record in records:
+            read = read_record(_record(record, self.topics.legs), is_here)
+            inputs.extend(read.inputs)
             if read.dead_letter is not None:
-                outbox.dead_letters.append(read.dead_letter)
-                outbox.results.extend(read.dead_letter.replies)
-        if not batch:
-            return
-        BATCH_SIZE.observe(len(batch))
-        # Each key once: a batch names the same accounts many times.
-        account_names = {n for item in batch for n in accounts_to_prefetch(item.message, is_here)}
-        outcome_keys = {key for item in batch for key in outcomes_to_prefetch(item.message)}
-        accounts = {n: _parse(self.accounts.get(partition, n), AccountState) for n in account_names}
-        outcomes = {key: _parse(self.outcomes.get(partition, key), Outcome) for key in outcome_keys}
-        decision = decide(accounts, outcomes, batch, is_here)
-        writes = outbox.writes[partition]
-        for name, account in decision.accounts.items():
-            writes.accounts[name] = account.model_dump_json().encode()
-        for key, outcome in decision.outcomes.items():
-            writes.outcomes[key] = outcome.model_dump_json().encode()
-        outbox.journal.extend((partition, event) for event in decision.journal)
-        outbox.results.extend(decision.results)
-        outbox.legs.extend(decision.legs)
+                letters.append(read.dead_letter)
+        BATCH_SIZE.observe(len(inputs))
+        store = self.logs[number].store
+        overlay = _Overlay(store)
+        pieces: list[Piece] = []
+        start = 0
+        size = COMMIT_INPUTS_MAX
+        while start < len(inputs):
+            chunk = inputs[start : start + size]
+            piece = self._decide_piece(number, chunk, overlay, is_here)
+            value_size = len(encode("commit", 0, self.writer_id, piece.commit))
+            if value_size > STATE_RECORD_BYTES_MAX and len(chunk) > 1:
+                size = max(1, len(chunk) // 2)  # too big for one record: decide less at once
+                continue
+            if value_size > STATE_RECORD_BYTES_MAX:
+                raise LedgerError(f"one input makes a state record of {value_size} bytes")
+            overlay.take(piece)
+            pieces.append(piece)
+            start += len(chunk)
+        if letters:
+            if not pieces:
+                pieces.append(Piece(Commit(Changes({}, {}, None), {})))
+            pieces[-1].outbox.dead_letters.extend(letters)
+            for letter in letters:
+                pieces[-1].outbox.results.extend(letter.replies)
+        if pieces:
+            pieces[-1].commit.inputs = _next_offsets(records)
+        return pieces
 
-    def _changelog_records(self, outbox: Outbox) -> list[OutRecord]:
-        records = []
-        for partition, writes in outbox.writes.items():
-            records += self.accounts.changelog(partition, writes.accounts)
-            records += self.outcomes.changelog(partition, writes.outcomes)
-        return records
+    def _decide_piece(
+        self, number: int, inputs: Sequence[Incoming], overlay: _Overlay, is_here: Any
+    ) -> Piece:
+        names = {name for item in inputs for name in accounts_to_prefetch(item.message, is_here)}
+        keys = {key for item in inputs for key in outcomes_to_prefetch(item.message)}
+        decision = decide(
+            {name: overlay.account(name) for name in names},
+            {key: overlay.outcome(key) for key in keys},
+            inputs,
+            is_here,
+            overlay.head,
+        )
+        changes = Changes(
+            {name: state.model_dump_json().encode() for name, state in decision.accounts.items()},
+            {key: outcome.model_dump_json().encode() for key, outcome in decision.outcomes.items()},
+            decision.head,
+        )
+        outbox = Outbox(
+            journal=[(number, event) for event in decision.journal],
+            results=list(decision.results),
+            legs=list(decision.legs),
+            dead_letters=[_refused_letter(item, reason) for item, reason in decision.refused],
+        )
+        return Piece(Commit(changes, {}), outbox)
 
-    def _apply_locally(self, outbox: Outbox, offsets: dict[tuple[str, int], int]) -> None:
-        for partition, writes in outbox.writes.items():
-            for store, items in (
-                (self.accounts, writes.accounts),
-                (self.outcomes, writes.outcomes),
-            ):
-                if items:
-                    store.apply(partition, items, offsets[(store.changelog_topic, partition)])
+    async def _commit(self, pieces: list[tuple[PartitionLog, Piece]]) -> None:
+        """Step 3 and 4: every partition's pieces, in order; partitions side by side."""
+        by_log: dict[int, list[Piece]] = defaultdict(list)
+        logs: dict[int, PartitionLog] = {}
+        for log, piece in pieces:
+            if _worth_committing(piece):
+                by_log[log.partition].append(piece)
+                logs[log.partition] = log
 
-    def _output_records(self, outbox: Outbox) -> Iterator[OutRecord]:
-        topics, n = self.topics, self.settings.partitions
-        for partition, event in outbox.journal:
-            yield OutRecord(topics.journal, partition, event.entry_id.encode(), _json(event))
-        for reply in outbox.results:
-            key = reply.result.command_id.encode()
-            target = reply.partition
-            if target is None or target >= n:  # unnamed or nonexistent: route by key
-                target = partition_of(reply.result.command_id, n)
-            yield OutRecord(topics.results, target, key, _json(reply.result))
-        # Legs for one partition travel as one record (a JSON array), like client batches.
-        legs: dict[int, list[Leg]] = defaultdict(list)
-        for leg in outbox.legs:
-            legs[partition_of(leg.account, n)].append(leg)
-        for partition, group in legs.items():
-            value = orjson.dumps([leg.model_dump(exclude_none=True) for leg in group])
-            yield OutRecord(topics.legs, partition, group[0].account.encode(), value)
-        for letter in outbox.dead_letters:
-            record = letter.record
-            yield OutRecord(topics.deadletter, 0, record.key, record.value, letter.headers)
+        async def commit_all(log: PartitionLog, todo: list[Piece]) -> None:
+            for piece in todo:
+                await log.commit(piece.commit)
+                COMMITS.inc()
+                self.faults.reached("between-commits")
 
-    async def _send(self, records: list[OutRecord], what: str) -> dict[tuple[str, int], int]:
-        """Send and wait for every ack, retrying the whole set with backoff.
+        try:
+            await asyncio.gather(*(commit_all(logs[p], todo) for p, todo in by_log.items()))
+        except Fenced as error:
+            _stop_worker(EXIT_FENCED, f"{error}; stopping without sending this batch's outputs")
+        self.faults.reached("committed")
 
-        Re-sending is safe: changelog records are idempotent overwrites, journal events
-        collapse by entry id, results by command id, and legs are deduplicated by the
-        receiving writer.
-        """
+    async def _append(self, partition: int, value: bytes) -> int:
+        """Append one record to a state partition; the offset it landed at."""
         producer = self.producer
         assert producer is not None
-        if not records:
-            return {}
-        attempts_max = self.settings.send_attempts_max
+
+        async def attempt() -> int:
+            delivery = await producer.send(self.topics.state, value, partition=partition)
+            self.faults.reached("commit-sent")
+            metadata = await delivery
+            return int(metadata.offset)
+
         try:
             return await retried(
-                lambda: send_records(producer, records),
-                failure=f"sending {what} to Kafka failed",
+                attempt,
+                failure=f"appending to state partition {partition} failed",
+                attempts_max=self.settings.send_attempts_max,
+                errors=(Exception,),
+            )
+        except Exception as error:
+            _stop_worker(
+                EXIT_BROKER_GONE,
+                f"could not append to the state log after {self.settings.send_attempts_max} "
+                f"attempts ({error!r}); stopping without acknowledging the batch",
+            )
+
+    async def _send_outputs(self, outbox: Outbox) -> None:
+        """Step 5. Re-sending is safe: journal events collapse by entry id, results by
+        command id, and legs are deduplicated by the writer that receives them."""
+        producer = self.producer
+        assert producer is not None
+        records = list(outbox.records(self.topics, self.settings.partitions))
+        if not records:
+            return
+        attempts_max = self.settings.send_attempts_max
+
+        async def attempt() -> None:
+            await send_records(
+                producer, records, on_first_ack=lambda: self.faults.reached("outputs-partly-sent")
+            )
+
+        try:
+            await retried(
+                attempt,
+                failure="sending outputs to Kafka failed",
                 attempts_max=attempts_max,
                 errors=(Exception,),
             )
         except Exception as error:
             _stop_worker(
                 EXIT_BROKER_GONE,
-                f"could not send {what} after {attempts_max} attempts ({error!r}); stopping "
-                "the worker without acking the batch",
+                f"could not send outputs after {attempts_max} attempts ({error!r}); stopping "
+                "without acknowledging the batch",
             )
 
+    async def _acknowledge(
+        self, batch: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
+    ) -> None:
+        """Step 6. A failed offset commit (a rebalance under way) only means the next owner
+        reads these records again and answers them from their outcomes."""
+        consumer = self.consumer
+        assert consumer is not None
+        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
+        if not offsets:
+            return
+        try:
+            await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
+        except Exception as error:
+            logger.warning("could not acknowledge input offsets (%s); they will be re-read", error)
+            return
+        now = time.monotonic()
+        for tp, offset in offsets.items():
+            self.acked[tp] = offset
+            self.progress_at[tp] = now
 
-def install(app: faust.App, settings: Settings) -> Writer:
-    """Attach the writer agent, its tables and its HTTP views to `app`."""
-    writer = Writer(app, settings)
-    source = app.topic(
-        writer.topics.commands,
-        writer.topics.legs,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.partitions,
-    )
+    # -- liveness -----------------------------------------------------------------------
 
-    async def ledger_writer(stream: StreamT[bytes]) -> None:
-        await writer.run(stream)
-
-    app.agent(source, name="ledger_writer")(ledger_writer)
-    _install_views(app, writer)
-    return writer
-
-
-def _install_views(app: faust.App, writer: Writer) -> None:
-    table = writer.accounts.table
-    n = writer.settings.partitions
-
-    @app.page("/accounts/{account}/")
-    @app.table_route(table=table, match_info="account")
-    async def account_view(web: View, request: Request, account: str) -> Response:
-        raw = writer.accounts.get(partition_of(account, n), account)
-        if raw is None:
-            return web.json({"error": "account_not_found", "account": account}, status=404)
-        state = AccountState.model_validate_json(raw)
-        body = {"account": account, **state.model_dump()}
-        return web.json({**body, "balance": state.balance, "available": state.available})
-
-    @app.page("/metrics/")
-    async def metrics_view(web: View, request: Request) -> Response:
-        # aiohttp takes the charset separately from the content type
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+    async def _watch_progress(self) -> None:
+        """Name every partition that has input waiting and has made no progress for
+        `stall_timeout_s`, in a log line and the `ledger_partition_stalled` metric."""
+        consumer = self.consumer
+        assert consumer is not None
+        warned: dict[TopicPartition, float] = {}
+        stall_s = self.settings.stall_timeout_s
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = time.monotonic()
+            for tp, acked in list(self.acked.items()):
+                highwater = consumer.highwater(tp) if tp in consumer.assignment() else None
+                if highwater is None:
+                    continue
+                waiting = highwater - acked
+                LAG.labels(tp.topic, str(tp.partition)).set(max(0, waiting))
+                if waiting <= 0:
+                    self.progress_at[tp] = now
+                idle_s = now - self.progress_at.get(tp, now)
+                stalled = waiting > 0 and idle_s >= stall_s
+                STALLED.labels(str(tp.partition)).set(1 if stalled else 0)
+                if stalled and now - warned.get(tp, 0.0) >= stall_s:
+                    warned[tp] = now
+                    logger.warning(
+                        "partition %s-%d stalled: %d records waiting, no progress for %.0f s",
+                        tp.topic,
+                        tp.partition,
+                        waiting,
+                        idle_s,
+                    )
 
 
-def _by_partition(events: Sequence[EventT]) -> dict[int, list[EventT]]:
-    groups: dict[int, list[EventT]] = defaultdict(list)
-    for event in events:
-        groups[event.message.partition].append(event)
+class _Listener(ConsumerRebalanceListener):
+    """Partitions move only between batches; a failure here stops the worker, since aiokafka
+    would log it and go on fetching partitions that were never restored."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        try:
+            await self.writer.release(set(revoked))
+        except Exception:
+            _stop_worker(EXIT_BUG, "failed to give partitions up")
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        try:
+            await self.writer.acquire(set(assigned))
+        except Exception:
+            _stop_worker(EXIT_BROKER_GONE, "failed to restore the assigned partitions")
+
+
+class _Overlay:
+    """A partition's state as the pieces decided so far in this batch leave it."""
+
+    def __init__(self, store: PartitionStore) -> None:
+        self.store = store
+        self.accounts: dict[str, AccountState | None] = {}
+        self.outcomes: dict[str, Outcome | None] = {}
+        self.head = store.head
+
+    def account(self, name: str) -> AccountState | None:
+        if name not in self.accounts:
+            raw = self.store.account(name)
+            self.accounts[name] = None if raw is None else AccountState.model_validate_json(raw)
+        return self.accounts[name]
+
+    def outcome(self, key: str) -> Outcome | None:
+        if key not in self.outcomes:
+            raw = self.store.outcome(key)
+            self.outcomes[key] = None if raw is None else Outcome.model_validate_json(raw)
+        return self.outcomes[key]
+
+    def take(self, piece: Piece) -> None:
+        changes = piece.commit.changes
+        for name, raw in changes.accounts.items():
+            self.accounts[name] = AccountState.model_validate_json(raw)
+        for key, raw in changes.outcomes.items():
+            self.outcomes[key] = Outcome.model_validate_json(raw)
+        if changes.head is not None:
+            self.head = changes.head
+
+
+def _worth_committing(piece: Piece) -> bool:
+    changes = piece.commit.changes
+    return bool(changes.accounts or changes.outcomes)
+
+
+def _extend(outbox: Outbox, more: Outbox) -> None:
+    outbox.journal += more.journal
+    outbox.results += more.results
+    outbox.legs += more.legs
+    outbox.dead_letters += more.dead_letters
+
+
+def _next_offsets(records: Sequence[ConsumerRecord[Any, Any]]) -> dict[str, int]:
+    offsets: dict[str, int] = {}
+    for record in records:
+        offsets[record.topic] = max(offsets.get(record.topic, 0), record.offset + 1)
+    return offsets
+
+
+def _by_partition(
+    batch: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]],
+) -> dict[int, list[ConsumerRecord[Any, Any]]]:
+    groups: dict[int, list[ConsumerRecord[Any, Any]]] = defaultdict(list)
+    for tp, records in sorted(batch.items(), key=lambda item: (item[0].partition, item[0].topic)):
+        groups[tp.partition].extend(records)
     return groups
 
 
-def _record(event: EventT, legs_topic: str) -> Record:
-    message = event.message
+def _record(record: ConsumerRecord[Any, Any], legs_topic: str) -> Record:
     return Record(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        timestamp_ms=round(message.timestamp * 1000),
-        key=message.key,
-        value=event.value,
-        is_leg=message.topic == legs_topic,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        timestamp_ms=record.timestamp,
+        key=record.key,
+        value=record.value,
+        is_leg=record.topic == legs_topic,
     )
 
 
-def _parse(raw: bytes | None, model: Any) -> Any:
-    return None if raw is None else model.model_validate_json(raw)
-
-
-def _json(message: BaseModel) -> bytes:
-    return message.model_dump_json(exclude_none=True).encode()
+def _refused_letter(item: Incoming, reason: str) -> DeadLetter:
+    """A leg `decide` refused (forged, or not matching its transfer), as a dead letter."""
+    topic, partition, offset, _ = [*item.origin.split("/"), "", "", ""][:4]
+    record = Record(
+        topic=topic,
+        partition=int(partition or -1),
+        offset=int(offset or -1),
+        timestamp_ms=item.timestamp_ms,
+        key=None,
+        value=item.message.model_dump_json(exclude_none=True).encode(),
+        is_leg=True,
+    )
+    return DeadLetter(record, reason)
 
 
 def _stop_worker(code: int, message: str) -> NoReturn:
-    """Exit at once: Faust would ack (and commit) the batch on any orderly way out."""
+    """Exit at once, acknowledging nothing: the batch is read again by whoever comes next."""
     logger.critical(message, exc_info=True)
     logging.shutdown()
     os._exit(code)

@@ -39,7 +39,7 @@ def run_bench(args: argparse.Namespace) -> int:
             bootstrap=args.bootstrap,
             partitions=args.partitions,
             workers=args.workers,
-        )
+        ).settings
         figures = asyncio.run(_measure(args, settings))
     figures["machine"] = _machine()
     if args.json:

@@ -6,8 +6,17 @@ this client names as its reply partition, without a consumer group.
 
     async with LedgerClient("localhost:9092") as ledger:
         await ledger.open_account("alice", "USD")
-        result = await ledger.deposit("alice", "12.50", "USD")
+        result = await ledger.deposit("alice", "12.50", "USD", attempts_max=3)
         assert result.status == "accepted"
+
+A command id is the command's idempotency key, so retrying with the same id is the safe way
+to retry: the writer decides a command id once, and answers a repeat of the same payload with
+the original outcome, marked `duplicate=True`. `attempts_max` re-publishes the identical
+command after each `ResultTimeout`; after a `ResultTimeout` or a `SendFailed`, a caller may
+`submit(error.command)` itself. A writer checks ids for uniqueness within the partition of the
+command's account (all it sees), so ids must be unique across the whole ledger: the default
+is a uuid4. An id once decided is spent, even by a rejection: the same id with another
+payload is rejected with `exists_with_different_payload`.
 """
 
 from __future__ import annotations
@@ -18,20 +27,36 @@ import logging
 import random
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.cluster import ClusterMetadata
 
 from ledger_stream.core import fingerprint
-from ledger_stream.errors import ConfigurationError, ResultTimeout
+from ledger_stream.errors import ConfigurationError, ResultTimeout, SendFailed
 from ledger_stream.kafka.retry import started
 from ledger_stream.messages import COMMAND_ADAPTER, Command, Result
 from ledger_stream.partitioning import partition_of
 
 logger = logging.getLogger(__name__)
+
+# A submit waiting on a queued record: the command, as sent, and the future of its result.
+_Waiter = tuple[Command, asyncio.Future[Result]]
+# One queued command record: its account (the record key), its bytes, and its waiter
+# (None for `send_raw`). Plain tuples: one is made per command on the hot path.
+_Queued = tuple[str, bytes, _Waiter | None]
+
+
+class RecordProducer(Protocol):
+    """What the client needs of a started Kafka producer (AIOKafkaProducer has it)."""
+
+    async def send(
+        self, topic: str, value: bytes, *, key: bytes, partition: int
+    ) -> Awaitable[Any]: ...
+
+    async def stop(self) -> None: ...
 
 
 class LedgerClient:
@@ -57,14 +82,17 @@ class LedgerClient:
         self._slots = asyncio.Semaphore(in_flight_max)
         self.reply_partition = 0
         self._partitions = 0
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: RecordProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
         # command_id -> (payload digest, future) per submission, oldest first
         self._waiting: dict[str, deque[tuple[str, asyncio.Future[Result]]]] = defaultdict(deque)
-        self._queued: dict[int, list[tuple[str, bytes]]] = defaultdict(list)
+        self._queued: dict[int, list[_Queued]] = defaultdict(list)
         self._flush_handle: asyncio.TimerHandle | None = None
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Task[SendFailed | None]] = set()
+        # Failed records holding `send_raw` values: no caller waits on those, so the next
+        # `flush` raises them.
+        self._unreported: list[SendFailed] = []
 
     async def __aenter__(self) -> LedgerClient:
         await self.start()
@@ -79,7 +107,7 @@ class LedgerClient:
         await self.stop()
 
     async def start(self) -> None:
-        self._producer = await started(
+        producer = await started(
             lambda: AIOKafkaProducer(
                 bootstrap_servers=self.bootstrap_servers,
                 acks="all",
@@ -91,25 +119,57 @@ class LedgerClient:
             self.connect_attempts_max,
             _stop,
         )
-        # Ask for all topics: naming one in a metadata request lets a broker with
-        # auto.create.topics.enable (and the embedded broker) create it with a wrong layout.
-        cluster = await self._producer.client.fetch_all_metadata()
-        self._partitions = _partition_count(cluster, self.commands_topic)
-        self.reply_partition = random.randrange(_partition_count(cluster, self.results_topic))
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
-            enable_auto_commit=False,
-            auto_offset_reset="latest",
+        try:
+            # Ask for all topics: naming one in a metadata request lets a broker with
+            # auto.create.topics.enable (and the embedded broker) create it with a wrong
+            # layout.
+            cluster = await producer.client.fetch_all_metadata()
+            partitions = _partition_count(cluster, self.commands_topic)
+            reply_partition = random.randrange(_partition_count(cluster, self.results_topic))
+            self._consumer = await _results_consumer(
+                self.bootstrap_servers, TopicPartition(self.results_topic, reply_partition)
+            )
+        except BaseException:
+            await producer.stop()
+            raise
+        self.attach(
+            producer,
+            _result_values(self._consumer),
+            partitions=partitions,
+            reply_partition=reply_partition,
         )
-        await self._consumer.start()
-        tp = TopicPartition(self.results_topic, self.reply_partition)
-        self._consumer.assign([tp])
-        await self._consumer.seek_to_end(tp)
-        await self._consumer.position(tp)  # fixed before the first command is sent
-        self._reader = asyncio.create_task(self._read_results())
+
+    def attach(
+        self,
+        producer: RecordProducer,
+        results: AsyncIterator[Sequence[bytes | None]],
+        *,
+        partitions: int,
+        reply_partition: int,
+    ) -> None:
+        """Work on a started producer and the values of the result records written to
+        `reply_partition` (a poll at a time): what `start` does once connected, and where
+        tests attach fakes. `stop` stops the producer."""
+        if self._producer is not None:
+            raise RuntimeError("LedgerClient is already started")
+        self._producer = producer
+        self._partitions = partitions
+        self.reply_partition = reply_partition
+        self._reader = asyncio.create_task(self._read_results(results))
 
     async def stop(self) -> None:
-        await self.flush()
+        """Send what is queued, then close. A record Kafka did not take raises `SendFailed`
+        (see `flush`), after closing."""
+        try:
+            await self.flush()
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        if self._flush_handle is not None:  # submitted while stopping: cancelled below
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._queued.clear()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -117,6 +177,7 @@ class LedgerClient:
         for client in (self._consumer, self._producer):
             if client is not None:
                 await client.stop()
+        self._reader, self._consumer, self._producer = None, None, None
         for waiting in self._waiting.values():
             for _, future in waiting:
                 future.cancel()
@@ -128,27 +189,41 @@ class LedgerClient:
         *,
         overdraft_limit: int | str = 0,
         command_id: str | None = None,
+        attempts_max: int = 1,
     ) -> Result:
         return await self._command(
             "open_account",
             command_id,
+            attempts_max,
             account=account,
             currency=currency,
             overdraft_limit=overdraft_limit,
         )
 
     async def deposit(
-        self, account: str, amount: int | str, currency: str, *, command_id: str | None = None
+        self,
+        account: str,
+        amount: int | str,
+        currency: str,
+        *,
+        command_id: str | None = None,
+        attempts_max: int = 1,
     ) -> Result:
         return await self._command(
-            "deposit", command_id, account=account, amount=amount, currency=currency
+            "deposit", command_id, attempts_max, account=account, amount=amount, currency=currency
         )
 
     async def withdraw(
-        self, account: str, amount: int | str, currency: str, *, command_id: str | None = None
+        self,
+        account: str,
+        amount: int | str,
+        currency: str,
+        *,
+        command_id: str | None = None,
+        attempts_max: int = 1,
     ) -> Result:
         return await self._command(
-            "withdraw", command_id, account=account, amount=amount, currency=currency
+            "withdraw", command_id, attempts_max, account=account, amount=amount, currency=currency
         )
 
     async def transfer(
@@ -159,99 +234,158 @@ class LedgerClient:
         currency: str,
         *,
         command_id: str | None = None,
+        attempts_max: int = 1,
     ) -> Result:
         return await self._command(
             "transfer",
             command_id,
+            attempts_max,
             account=source,
             destination=destination,
             amount=amount,
             currency=currency,
         )
 
-    async def close_account(self, account: str, *, command_id: str | None = None) -> Result:
-        return await self._command("close_account", command_id, account=account)
+    async def close_account(
+        self, account: str, *, command_id: str | None = None, attempts_max: int = 1
+    ) -> Result:
+        return await self._command("close_account", command_id, attempts_max, account=account)
 
-    async def submit(self, command: Command) -> Result:
-        """Publish a command and wait for its result (`ResultTimeout` after `timeout_s`)."""
-        async with self._slots:
-            return await self._submit(command)
+    async def submit(self, command: Command, *, attempts_max: int = 1) -> Result:
+        """Publish a command and wait for its result, up to `timeout_s` per attempt.
 
-    async def _submit(self, command: Command) -> Result:
+        Without a result in time, the identical command (same command_id and payload, the
+        same bytes) is published again, up to `attempts_max` publications in all; then the
+        last `ResultTimeout` is raised. A repeat is safe: the writer deduplicates by
+        command id and answers a repeat of the same payload with the original outcome
+        (marked `duplicate=True`). Ids are checked within the partition of the command's
+        account, so they must be unique across the ledger (the convenience methods make
+        uuid4s); an id once decided is spent, even by a rejection, and re-using it with
+        another payload is rejected with `exists_with_different_payload`.
+
+        A record Kafka did not take raises `SendFailed` at once, without another attempt.
+        """
+        if attempts_max < 1:
+            raise ValueError(f"attempts_max must be at least 1, not {attempts_max}")
         if command.reply_partition != self.reply_partition:  # answers come to this client
             command = command.model_copy(update={"reply_partition": self.reply_partition})
+        digest = fingerprint(command)
+        value = command.model_dump_json(exclude_none=True).encode()
+        async with self._slots:
+            for attempt in range(1, attempts_max):
+                with contextlib.suppress(asyncio.TimeoutError):
+                    return await self._published(command, digest, value)
+                logger.info(
+                    "no result for command %r within %s s; publishing it again (attempt %d of %d)",
+                    command.command_id,
+                    self.timeout_s,
+                    attempt + 1,
+                    attempts_max,
+                )
+            try:
+                return await self._published(command, digest, value)
+            except asyncio.TimeoutError:
+                raise ResultTimeout(command, self.timeout_s, attempts=attempts_max) from None
+
+    async def _published(self, command: Command, digest: str, value: bytes) -> Result:
+        """Queue the command's record and wait `timeout_s` for its result."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._waiting[command.command_id].append((fingerprint(command), future))
-        self._enqueue(command.account, command.model_dump_json(exclude_none=True).encode())
+        self._waiting[command.command_id].append((digest, future))
         try:
+            self._enqueue(command.account, value, (command, future))
             return await asyncio.wait_for(future, self.timeout_s)
-        except asyncio.TimeoutError:
+        finally:
             self._forget(command.command_id, future)
-            raise ResultTimeout(
-                f"no result for command {command.command_id!r} within {self.timeout_s} s; "
-                "is a worker running? Re-submitting the same command is safe."
-            ) from None
 
     def send_raw(self, account: str, value: bytes) -> None:
-        """Queue raw bytes as a command record for `account` (for tools and tests)."""
-        self._enqueue(account, value)
+        """Queue raw bytes as a command record for `account` (for tools and tests). If Kafka
+        does not take it, the next `flush` raises `SendFailed`."""
+        self._enqueue(account, value, None)
 
     async def flush(self) -> None:
-        """Send every queued command now and wait until Kafka has them, and every batch
-        already on its way."""
-        await self._send_queued()
-        await asyncio.gather(*list(self._sending))
+        """Send every queued command now and wait until Kafka has them, and every record
+        already on its way.
 
-    async def _send_queued(self) -> None:
+        Raises `SendFailed` naming the commands of those records that Kafka did not take,
+        and of any earlier failed record holding `send_raw` values (no caller waits on
+        those). A failed command's `submit` raises its own `SendFailed` as well.
+        """
+        self._send_queued()
+        failures = [
+            failure for failure in await asyncio.gather(*self._sending) if failure is not None
+        ]
+        failures += [failure for failure in self._unreported if failure not in failures]
+        self._unreported.clear()
+        if failures:
+            raise _combined(failures)
+
+    def _send_queued(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         queued, self._queued = self._queued, defaultdict(list)
-        await asyncio.gather(*(self._send_batch(p, items) for p, items in queued.items()))
+        for partition, batch in queued.items():
+            self._spawn(self._send_batch(partition, batch))
 
-    async def _send_batch(self, partition: int, items: list[tuple[str, bytes]]) -> None:
+    async def _send_batch(self, partition: int, batch: list[_Queued]) -> SendFailed | None:
+        """Send a partition's queued commands as one record. When Kafka does not take it,
+        fail the submits waiting on it and return the error: these tasks never raise, so
+        no error is left unretrieved."""
         assert self._producer is not None
-        delivery = await self._producer.send(
-            self.commands_topic,
-            _record_value(items),
-            key=items[0][0].encode(),
-            partition=partition,
-        )
-        await delivery
+        try:
+            delivery = await self._producer.send(
+                self.commands_topic,
+                _record_value(batch),
+                key=batch[0][0].encode(),
+                partition=partition,
+            )
+            await delivery
+        except Exception as error:  # whatever the producer raises, a caller hears of it
+            return self._failed(partition, batch, error)
+        return None
 
-    async def _command(self, kind: str, command_id: str | None, **fields: Any) -> Result:
+    def _failed(self, partition: int, batch: list[_Queued], error: Exception) -> SendFailed:
+        commands = [waiter[0] for _, _, waiter in batch if waiter is not None]
+        failure = SendFailed([c.command_id for c in commands], error, records=len(batch))
+        logger.warning("partition %d of %s: %s", partition, self.commands_topic, failure)
+        for _, _, waiter in batch:
+            if waiter is not None and not waiter[1].done():
+                command, future = waiter
+                future.set_exception(SendFailed([command.command_id], error, command=command))
+        if len(commands) < len(batch):
+            self._unreported.append(failure)
+        return failure
+
+    async def _command(
+        self, kind: str, command_id: str | None, attempts_max: int, **fields: Any
+    ) -> Result:
         fields["command_id"] = command_id or uuid.uuid4().hex
         fields["reply_partition"] = self.reply_partition
         command = COMMAND_ADAPTER.validate_python({"type": kind, **fields})
-        return await self.submit(command)
+        return await self.submit(command, attempts_max=attempts_max)
 
-    def _enqueue(self, account: str, value: bytes) -> None:
+    def _enqueue(self, account: str, value: bytes, waiter: _Waiter | None) -> None:
         if self._producer is None:
             raise RuntimeError("LedgerClient is not started; use `async with LedgerClient(...)`")
         partition = partition_of(account, self._partitions)
         queue = self._queued[partition]
-        queue.append((account, value))
+        queue.append((account, value, waiter))
         if len(queue) >= self.batch_size_max:
             del self._queued[partition]
             self._spawn(self._send_batch(partition, queue))
         elif self._flush_handle is None:
             loop = asyncio.get_running_loop()
-            self._flush_handle = loop.call_later(
-                self.linger_ms / 1000, lambda: self._spawn(self._send_queued())
-            )
+            self._flush_handle = loop.call_later(self.linger_ms / 1000, self._send_queued)
 
-    def _spawn(self, sending: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, sending: Coroutine[Any, Any, SendFailed | None]) -> None:
         task = asyncio.create_task(sending)
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _read_results(self) -> None:
-        assert self._consumer is not None
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=200)
-            for records in batches.values():
-                for record in records:
-                    self._resolve(record.value)
+    async def _read_results(self, results: AsyncIterator[Sequence[bytes | None]]) -> None:
+        async for values in results:
+            for value in values:
+                self._resolve(value)
 
     def _resolve(self, value: bytes | None) -> None:
         if not value:
@@ -277,10 +411,13 @@ class LedgerClient:
 
     def _forget(self, command_id: str, future: asyncio.Future[Result]) -> None:
         waiting = self._waiting.get(command_id)
-        if waiting:
-            for entry in list(waiting):
-                if entry[1] is future:
-                    waiting.remove(entry)
+        if not waiting:
+            return
+        for entry in list(waiting):
+            if entry[1] is future:
+                waiting.remove(entry)
+        if not waiting:
+            del self._waiting[command_id]
 
 
 def _partition_count(cluster: ClusterMetadata, topic: str) -> int:
@@ -293,11 +430,45 @@ def _partition_count(cluster: ClusterMetadata, topic: str) -> int:
     return len(partitions)
 
 
+async def _results_consumer(bootstrap_servers: str, reply: TopicPartition) -> AIOKafkaConsumer:
+    """A consumer of the reply partition, at its end before the first command is sent."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+    )
+    try:
+        await consumer.start()
+        consumer.assign([reply])
+        await consumer.seek_to_end(reply)
+        await consumer.position(reply)
+    except BaseException:
+        await consumer.stop()
+        raise
+    return consumer
+
+
+async def _result_values(consumer: AIOKafkaConsumer) -> AsyncIterator[list[bytes | None]]:
+    """The values of the records the consumer reads, a poll at a time."""
+    while True:
+        batches = await consumer.getmany(timeout_ms=200)
+        if batches:
+            yield [record.value for records in batches.values() for record in records]
+
+
 async def _stop(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:
     await client.stop()
 
 
-def _record_value(items: list[tuple[str, bytes]]) -> bytes:
-    if len(items) == 1:
-        return items[0][1]
-    return b"[" + b",".join(value for _, value in items) + b"]"
+def _record_value(batch: list[_Queued]) -> bytes:
+    if len(batch) == 1:
+        return batch[0][1]
+    return b"[" + b",".join(value for _, value, _ in batch) + b"]"
+
+
+def _combined(failures: list[SendFailed]) -> SendFailed:
+    if len(failures) == 1:
+        return failures[0]
+    command_ids = [command_id for failure in failures for command_id in failure.command_ids]
+    records = sum(failure.records for failure in failures)
+    return SendFailed(command_ids, failures[0].cause, records=records)

@@ -1,8 +1,12 @@
 """The ledger's decision core: pure, synchronous, no I/O and no clock.
 
-`decide` takes the prefetched state of one partition and a batch of inputs (commands and
-transfer legs, in log order) and returns the new state, the journal events, the results and
-the legs to send. Rejections are values; an exception here is a bug and stops the partition.
+`decide` takes the prefetched state of one partition, the head of its journal chain and a
+batch of inputs (commands and transfer legs, in log order) and returns the new state, the
+journal events (each new one linked onto the chain by `seq` and `prev_hash`), the results and
+the legs to send. Rejections are values, and so are refusals: a leg that cannot belong to any
+transfer of this partition (a forged or mismatched settle or refund, a credit above any
+amount a transfer may move) is handed back with the reason, for a dead letter. An exception
+here is a bug and stops the partition.
 
 Rejection codes, in the order they are checked (the first that applies is returned):
 
@@ -27,6 +31,17 @@ Rejection codes, in the order they are checked (the first that applies is return
 The destination of a cross-partition transfer is checked by its own writer (checks 7-9 and
 12); when it refuses, the money comes back through ``@transit`` and the transfer's result is a
 rejection with the destination's code.
+
+A leg that no writer of this ledger sent is refused: not answered, not remembered, and handed
+back in `Decision.refused` for the dead-letter topic. Checked in this order:
+
+- a credit leg of more than `money.AMOUNT_MAX` (no transfer moves that much)
+- a settle or refund leg for a transfer never posted on this partition
+- a settle or refund leg for a transfer still in transit that differs from the credit leg the
+  transfer sent (in any of `TRANSFER_FIELDS`)
+- a refund leg whose code is none a destination sends (`REFUND_CODES`)
+
+A settle or refund for a transfer that has its answer already is a repeat, answered as before.
 """
 
 from __future__ import annotations
@@ -44,6 +59,7 @@ from ledger_stream.messages import (
     Command,
     Deposit,
     JournalEvent,
+    JournalHead,
     Leg,
     OpenAccount,
     Outcome,
@@ -60,6 +76,17 @@ DEBITS = (Withdraw, Transfer)
 
 WORLD = "@world"  # money entering and leaving the ledger
 TRANSIT = "@transit"  # money between the two legs of a cross-partition transfer
+
+# The codes a destination's writer sends back on a refund leg (see `_check_credit`).
+REFUND_CODES = (
+    "exists_with_different_payload",
+    "account_not_found",
+    "account_closed",
+    "currency_mismatch",
+    "overflow",
+)
+# What a settle or refund leg must share with the credit leg its transfer sent.
+TRANSFER_FIELDS = ("transfer_id", "source", "destination", "amount", "currency", "payload_digest")
 
 
 @dataclass(frozen=True)
@@ -82,13 +109,20 @@ class Reply:
 
 @dataclass
 class Decision:
-    """Everything one batch changes: state to write, then messages to send."""
+    """Everything one batch changes: state to write, then messages to send.
+
+    `head` is the end of the journal chain after the batch. `refused` holds the inputs that
+    were not decided, with the reason: they change nothing and answer no one; the writer
+    sends them to the dead-letter topic.
+    """
 
     accounts: dict[str, AccountState] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     journal: list[JournalEvent] = field(default_factory=list)
     results: list[Reply] = field(default_factory=list)
     legs: list[Leg] = field(default_factory=list)
+    refused: list[tuple[Incoming, str]] = field(default_factory=list)
+    head: JournalHead = field(default_factory=JournalHead)
 
     def emit(
         self, outcome: Outcome, reply_partition: int | None, *, duplicate: bool = False
@@ -145,51 +179,80 @@ def decide(
     outcomes: Mapping[str, Outcome | None],
     batch: Sequence[Incoming],
     is_local: Callable[[str], bool],
+    head: JournalHead = JournalHead(),  # noqa: B008 (frozen, so one shared default is safe)
 ) -> Decision:
     """Decide a batch of one partition, in order. Later inputs see earlier inputs' effects.
 
     `accounts` and `outcomes` hold what was prefetched for every key the batch names
     (None when absent). `is_local(account)` tells whether an account belongs to this
-    partition, so a transfer is posted in one event or split into legs.
+    partition, so a transfer is posted in one event or split into legs. `head` is the end of
+    the partition's journal chain: each new journal event takes the next `seq` and the
+    `chain_hash` of the one before as its `prev_hash`; `Decision.head` is the end after.
+    Events re-sent from stored outcomes keep the stamps they were first sent with.
     """
-    state = _State(dict(accounts), dict(outcomes))
+    state = _State(dict(accounts), dict(outcomes), head)
     decision = Decision()
     for incoming in batch:
         message = incoming.message
         if isinstance(message, Leg) and message.type != "credit":
-            _return_to_source(state, decision, message, incoming.timestamp_ms)
-            continue
-        key = outcome_key(message)
-        digest = fingerprint(message)
-        previous = state.outcome(key)
-        if previous is not None:
-            if previous.fingerprint == digest:
-                # The same record read again (after a crash) is a replay, not a repeat.
-                replay = bool(incoming.origin) and previous.origin == incoming.origin
-                decision.emit(previous, message.reply_partition, duplicate=not replay)
-            elif isinstance(message, Leg):
-                # Command ids are unique per partition; a transfer from another partition may
-                # reuse the id of one already credited here. It goes back to its source.
-                code = "exists_with_different_payload"
-                decision.legs.append(message.model_copy(update={"type": "refund", "code": code}))
-            else:
-                rejection = _rejected(message, "exists_with_different_payload", digest)
-                decision.results.append(Reply(rejection, message.reply_partition))
-            continue
-        if isinstance(message, Leg):
-            outputs = _apply_credit(state, message, incoming.timestamp_ms)
+            _return_to_source(state, decision, message, incoming)
         else:
-            outputs = _apply_command(state, message, incoming.timestamp_ms, digest, is_local)
-        outcome = Outcome(fingerprint=digest, origin=incoming.origin or None, **outputs._asdict())
-        state.put_outcome(key, outcome)
-        decision.emit(outcome, message.reply_partition)
+            _decide_input(state, decision, message, incoming, is_local)
     decision.accounts = {name: state.accounts[name] for name in state.touched}  # type: ignore[misc]
     decision.outcomes = {key: state.outcomes[key] for key in state.touched_outcomes}  # type: ignore[misc]
-    _assert_invariants(decision)
+    decision.head = state.head
+    _assert_invariants(decision, head, state.stamped)
     return decision
 
 
-def _assert_invariants(decision: Decision) -> None:
+def _decide_input(
+    state: _State,
+    decision: Decision,
+    message: Command | Leg,
+    incoming: Incoming,
+    is_local: Callable[[str], bool],
+) -> None:
+    """A command or a credit leg: a repeat re-sends its outcome, a new one is decided."""
+    if isinstance(message, Leg) and message.amount > AMOUNT_MAX:
+        # No transfer moves that much, so no writer sent it; a refund would carry it on.
+        reason = f"credit leg of {message.amount} minor units is over the limit of {AMOUNT_MAX}"
+        decision.refused.append((incoming, reason))
+        return
+    key = outcome_key(message)
+    digest = fingerprint(message)
+    previous = state.outcome(key)
+    if previous is not None:
+        if previous.fingerprint == digest:
+            # The same record read again (after a crash) is a replay, not a repeat.
+            replay = bool(incoming.origin) and previous.origin == incoming.origin
+            decision.emit(previous, message.reply_partition, duplicate=not replay)
+        elif isinstance(message, Leg):
+            # Command ids are unique per partition; a transfer from another partition may
+            # reuse the id of one already credited here. It goes back to its source.
+            code = "exists_with_different_payload"
+            decision.legs.append(message.model_copy(update={"type": "refund", "code": code}))
+        else:
+            rejection = _rejected(message, "exists_with_different_payload", digest)
+            decision.results.append(Reply(rejection, message.reply_partition))
+        return
+    if isinstance(message, Leg):
+        outputs = _apply_credit(state, message, incoming.timestamp_ms)
+    else:
+        outputs = _apply_command(state, message, incoming.timestamp_ms, digest, is_local)
+    outcome = Outcome(
+        fingerprint=digest,
+        result=outputs.result,
+        journal=[state.stamp(event) for event in outputs.journal],
+        legs=list(outputs.legs),
+        origin=incoming.origin or None,
+    )
+    state.put_outcome(key, outcome)
+    decision.emit(outcome, message.reply_partition)
+
+
+def _assert_invariants(
+    decision: Decision, head: JournalHead, stamped: Sequence[JournalEvent]
+) -> None:
     """What every decision leaves true, checked at the end as well as along the way."""
     for event in decision.journal:
         debits = sum(p.debit for p in event.postings)
@@ -197,6 +260,13 @@ def _assert_invariants(decision: Decision) -> None:
         assert debits == credits, f"journal event {event.entry_id} does not balance"
     for name, account in decision.accounts.items():
         assert account.available >= 0, f"account {name} passed its overdraft limit"
+    # The new events continue the chain from `head`, one seq each, and end at the new head.
+    assert [e.seq for e in stamped] == list(range(head.seq + 1, decision.head.seq + 1))
+    if stamped:
+        assert stamped[0].prev_hash == head.hash, "the first new event does not follow the head"
+        assert stamped[-1].chain_hash() == decision.head.hash
+    else:
+        assert decision.head == head
 
 
 class Outputs(NamedTuple):
@@ -211,8 +281,10 @@ class Outputs(NamedTuple):
 class _State:
     accounts: dict[str, AccountState | None]
     outcomes: dict[str, Outcome | None]
+    head: JournalHead
     touched: set[str] = field(default_factory=set)
     touched_outcomes: set[str] = field(default_factory=set)
+    stamped: list[JournalEvent] = field(default_factory=list)
 
     def account(self, name: str) -> AccountState | None:
         assert name in self.accounts, f"account {name!r} was not prefetched"
@@ -229,6 +301,14 @@ class _State:
     def put_outcome(self, key: str, outcome: Outcome) -> None:
         self.outcomes[key] = outcome
         self.touched_outcomes.add(key)
+
+    def stamp(self, event: JournalEvent) -> JournalEvent:
+        """Link a new event onto the journal chain; call in the order events are created."""
+        assert event.seq is None and event.prev_hash is None, f"{event.entry_id} is stamped"
+        stamped = event.model_copy(update={"seq": self.head.seq + 1, "prev_hash": self.head.hash})
+        self.head = JournalHead(seq=self.head.seq + 1, hash=stamped.chain_hash())
+        self.stamped.append(stamped)
+        return stamped
 
 
 def _apply_command(
@@ -385,6 +465,7 @@ def _apply_credit(state: _State, leg: Leg, timestamp_ms: int) -> Outputs:
     """A credit leg at the destination: land the money, or send it back with the reason."""
     code = _check_credit(state, leg)
     if code is not None:
+        assert code in REFUND_CODES, f"the source would refuse a refund with code {code!r}"
         refund = leg.model_copy(update={"type": "refund", "code": code})
         return Outputs(legs=[refund])
     # After this point the credit must succeed.
@@ -395,26 +476,55 @@ def _apply_credit(state: _State, leg: Leg, timestamp_ms: int) -> Outputs:
     return Outputs(result=result, journal=[event], legs=[settle])
 
 
-def _return_to_source(state: _State, decision: Decision, leg: Leg, timestamp_ms: int) -> None:
+def _return_to_source(state: _State, decision: Decision, leg: Leg, incoming: Incoming) -> None:
     """A settle or refund leg back at the source. The transfer's own outcome makes it
     idempotent: once it carries a result, the transfer has settled or come back already."""
     original = state.outcome(outcome_key(leg))
-    assert original is not None, f"{leg.type} leg for transfer {leg.transfer_id} never posted"
+    refusal = _check_return(leg, original)
+    if refusal is not None:
+        decision.refused.append((incoming, refusal))
+        return
+    assert original is not None
     if original.result is not None:
         if leg.type == "refund":  # re-send what the refund produced: result, refund event
             result = original.result.model_copy(update={"duplicate": True})
             decision.results.append(Reply(result, leg.reply_partition))
             decision.journal.extend(original.journal[1:])
         return
+    # After this point the transfer must end here: it matches what was sent.
     if leg.type == "settle":
         _finish_at_source(state, leg, _leg_result(leg, "accepted", None), [])
         return
     postings = _move(state, TRANSIT, leg.source, leg.amount)
-    event = _leg_event(leg, 2, "transfer_refund", postings, timestamp_ms)
+    event = state.stamp(_leg_event(leg, 2, "transfer_refund", postings, incoming.timestamp_ms))
     result = _leg_result(leg, "rejected", leg.code)
     _finish_at_source(state, leg, result, [event])
     decision.results.append(Reply(result, leg.reply_partition))
     decision.journal.append(event)
+
+
+def _check_return(leg: Leg, original: Outcome | None) -> str | None:
+    """The guards of a settle or refund leg, in order; None when it may be decided.
+
+    The legs topic is open to any producer: a leg this partition's transfers never sent must
+    change nothing here, and must not stop the writer either.
+    """
+    if original is None:
+        return f"{leg.type} leg for transfer {leg.transfer_id!r}, never posted on this partition"
+    if original.result is not None:
+        return None  # final already: a repeat, answered as before
+    if not any(sent.type == "credit" and _same_transfer(sent, leg) for sent in original.legs):
+        return (
+            f"{leg.type} leg for transfer {leg.transfer_id!r} does not match the credit leg it "
+            f"sent (compared: {', '.join(TRANSFER_FIELDS)})"
+        )
+    if leg.type == "refund" and leg.code not in REFUND_CODES:
+        return f"refund leg with code {leg.code!r}, which no destination sends"
+    return None
+
+
+def _same_transfer(one: Leg, other: Leg) -> bool:
+    return all(getattr(one, name) == getattr(other, name) for name in TRANSFER_FIELDS)
 
 
 def _leg_event(
@@ -441,6 +551,7 @@ def _finish_at_source(state: _State, leg: Leg, result: Result, journal: list[Jou
     the source's record of the command now carries the final answer (and no legs to re-send,
     since the destination has them)."""
     source = state.account(leg.source)
+    # The leg matches the transfer posted from this account, which has not ended yet.
     assert source is not None and source.debits_in_transit >= leg.amount
     in_transit = source.debits_in_transit - leg.amount
     state.put(leg.source, source.model_copy(update={"debits_in_transit": in_transit}))

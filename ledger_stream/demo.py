@@ -82,7 +82,7 @@ def run_demo(args: argparse.Namespace) -> int:
             partitions=args.partitions,
             workers=args.workers,
             say=say,
-        )
+        ).settings
         report = asyncio.run(_drive(args, settings, say))
     if args.json:
         print(json.dumps(report))

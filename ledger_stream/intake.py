@@ -4,7 +4,7 @@ A command record holds one command (a JSON object) or a batch of commands of one
 (a JSON array); a leg record holds a JSON array of legs of one partition. Anything that
 cannot be read, or names an account this partition does not own, becomes a dead letter with
 the original bytes and headers saying why; when a `command_id` can be read, a rejection
-result goes back to the client too.
+result goes back to the client too. A record over `RECORD_BYTES_MAX` is not read at all.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from ledger_stream.messages import (
 )
 
 DEADLETTER_HEADERS = ("source_topic", "source_partition", "source_offset", "error")
+# A record over this is refused unread. Writers send legs in records of at most 500 and
+# clients batch 500 commands a record, far below it.
+RECORD_BYTES_MAX = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,9 @@ def read_record(record: Record, is_here: Callable[[str], bool]) -> Intake:
     value = record.value
     if not value:
         return Intake([], DeadLetter(record, "empty message value"))
+    if len(value) > RECORD_BYTES_MAX:
+        error = f"record of {len(value)} bytes is over the limit of {RECORD_BYTES_MAX} bytes"
+        return Intake([], DeadLetter(record, error))
     try:
         if record.is_leg:
             messages: list[Any] = LEG_BATCH_ADAPTER.validate_json(value)

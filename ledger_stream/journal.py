@@ -1,66 +1,58 @@
 """Reading the journal topic back and folding it: balances, the trial balance, checks.
 
-This is how analysts and the demo see the books: every journal event, deduplicated by
-entry id (re-sent events collapse, as they do under compaction), folded into balances.
+This is how analysts, the demo and the auditor see the books: every journal event,
+deduplicated by entry id (re-sent events collapse, as they do under compaction), folded into
+balances.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import cast
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from ledger_stream.kafka.transport import true_end_offsets
+from ledger_stream.kafka.reading import Record, read_topic
 from ledger_stream.messages import JournalEvent
-
-READ_TIMEOUT_MS = 1000
 
 
 async def read_journal(bootstrap_servers: str, topic: str) -> list[JournalEvent]:
-    """Every journal event from offset 0 to the true end of each partition, once each.
+    """Every journal event from the log start to the true end of each partition, once each.
 
     Entry ids are unique within a journal partition (a re-sent event goes to the partition
-    it went to first), so events are deduplicated by (partition, entry id).
+    it went to first), so events are deduplicated by (partition, entry id); the last copy
+    read is kept, as compaction would keep it.
     """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    try:
-        await consumer.topics()
-        partitions = [
-            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        ends = await true_end_offsets(bootstrap_servers, partitions)
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        events: dict[tuple[int, str], JournalEvent] = {}
-        remaining = {tp for tp in partitions if ends[tp] > 0}
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=READ_TIMEOUT_MS)
-            for records in batches.values():
-                for record in records:
-                    if record.value is not None:
-                        event = JournalEvent.model_validate_json(record.value)
-                        events[(record.partition, event.entry_id)] = event
-            remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
-        return list(events.values())
-    finally:
-        await consumer.stop()
+    events: dict[tuple[int, str], JournalEvent] = {}
+    # read_topic is an async generator (typed as an iterator): close it, and its consumer,
+    # even when a record cannot be read.
+    reading = cast("AsyncGenerator[list[Record], None]", read_topic(bootstrap_servers, topic))
+    async with aclosing(reading) as batches:
+        async for records in batches:
+            for record in records:
+                if record.value is not None:
+                    event = JournalEvent.model_validate_json(record.value)
+                    events[(record.partition, event.entry_id)] = event
+    return list(events.values())
+
+
+def _zeros() -> defaultdict[tuple[str, str], int]:
+    return defaultdict(int)
 
 
 @dataclass
 class Books:
-    """The fold of a journal."""
+    """The fold of a journal. Amounts are keyed by (account, currency)."""
 
-    balances: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    balances: dict[tuple[str, str], int] = field(default_factory=_zeros)
     events: int = 0
     unbalanced: list[str] = field(default_factory=list)
     kinds: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    debits: dict[tuple[str, str], int] = field(default_factory=_zeros)
+    credits: dict[tuple[str, str], int] = field(default_factory=_zeros)
+    # The lowest balance after any event, in the order the events were folded.
+    lowest: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def balance(self, account: str, currency: str) -> int:
         """Credits less debits: what the account holds (negative for @world once funded)."""
@@ -75,6 +67,8 @@ class Books:
 
 
 def fold(events: Iterable[JournalEvent]) -> Books:
+    """Fold events into balances, in the order given. `Books.lowest` means something per
+    account only when each account's events come in their journal order (by `seq`)."""
     books = Books()
     for event in events:
         books.events += 1
@@ -82,5 +76,11 @@ def fold(events: Iterable[JournalEvent]) -> Books:
         if sum(p.debit for p in event.postings) != sum(p.credit for p in event.postings):
             books.unbalanced.append(event.entry_id)
         for posting in event.postings:
-            books.balances[(posting.account, event.currency)] += posting.credit - posting.debit
+            key = (posting.account, event.currency)
+            books.balances[key] += posting.credit - posting.debit
+            books.debits[key] += posting.debit
+            books.credits[key] += posting.credit
+        for posting in event.postings:
+            key = (posting.account, event.currency)
+            books.lowest[key] = min(books.lowest.get(key, 0), books.balances[key])
     return books

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -52,7 +53,7 @@ class WorkerProcess:
         command = [
             sys.executable,
             "-m",
-            "ledger_stream.cli",
+            "agents.cli",
             "worker",
             "--bootstrap",
             self.bootstrap,
@@ -71,7 +72,8 @@ class WorkerProcess:
         return self
 
     def stop(self, timeout_s: float = 20.0) -> int | None:
-        """SIGTERM (Faust stops cleanly), then SIGKILL after `timeout_s`. Returns the exit code."""
+        """SIGTERM (the worker finishes its batch and leaves its group), then SIGKILL after
+        `timeout_s`. Returns the exit code."""
         if self.process is None:
             return None
         if self.process.poll() is None:
@@ -102,7 +104,7 @@ class WorkerProcess:
             return ""
 
     def wait_for_log(self, text: str, timeout_s: float = 120.0) -> bool:
-        """Wait until the worker's log contains `text` (e.g. Faust's "Worker ready")."""
+        """Wait until the worker's log contains `text` (e.g. "Worker ready")."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if text in self.log_path.read_text(errors="replace"):
@@ -132,6 +134,26 @@ FAST_GROUP_ENV = {
 }
 
 
+@dataclass
+class LocalLedger:
+    """A ledger started on this machine: its settings and the worker processes running it."""
+
+    settings: Settings
+    workdir: Path
+    workers: list[WorkerProcess]
+    env: dict[str, str]
+
+    def start_worker(self, number: int, log_path: Path | None = None) -> WorkerProcess:
+        """Start worker `number` (its data directory is `<workdir>/worker<number>`)."""
+        worker = WorkerProcess(
+            self.settings.bootstrap_servers,
+            self.workdir / f"worker{number}",
+            env=self.env,
+            log_path=log_path,
+        )
+        return worker.start()
+
+
 def start_local_ledger(
     stack: contextlib.ExitStack,
     workdir: Path,
@@ -141,9 +163,10 @@ def start_local_ledger(
     partitions: int | None,
     workers: int,
     say: Callable[[str], None] = lambda line: None,
-) -> Settings:
+) -> LocalLedger:
     """Start what a run needs (the embedded broker unless `bootstrap` is given, fresh topics
-    under a prefix of their own, `workers` worker processes); `stack` stops them all."""
+    under a prefix of their own, `workers` worker processes); `stack` stops them all, the
+    workers started later through `LocalLedger.workers` included."""
     if bootstrap is None:
         broker = EmbeddedBroker(log_path=workdir / "broker.log")
         broker.start()
@@ -161,9 +184,10 @@ def start_local_ledger(
         "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
         "LEDGER_PARTITIONS": str(settings.partitions),
     }
+    ledger = LocalLedger(settings, workdir, [], env)
+    stack.callback(lambda: [worker.stop() for worker in reversed(ledger.workers)])
     for number in range(workers):
-        worker = WorkerProcess(bootstrap, workdir / f"worker{number}", env=env)
-        worker.start()
-        stack.callback(worker.stop)
+        worker = ledger.start_worker(number)
+        ledger.workers.append(worker)
         say(f"worker {number} pid {worker.pid}, log {worker.log_path}")
-    return settings
+    return ledger

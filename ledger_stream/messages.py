@@ -4,8 +4,10 @@ and the writer's table records. JSON Schemas in `schemas/` are generated from th
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -36,7 +38,18 @@ WireAmount = Annotated[
         }
     ),
 ]
-Metadata = Annotated[dict[str, str], Field(max_length=32)]
+# Copied onto a command's journal event and kept in its outcome: small, so that one
+# command's outputs stay small.
+METADATA_ENTRIES_MAX = 32
+METADATA_KEY_CHARS_MAX = 64
+METADATA_VALUE_CHARS_MAX = 512
+Metadata = Annotated[
+    dict[
+        Annotated[str, Field(min_length=1, max_length=METADATA_KEY_CHARS_MAX)],
+        Annotated[str, Field(max_length=METADATA_VALUE_CHARS_MAX)],
+    ],
+    Field(max_length=METADATA_ENTRIES_MAX),
+]
 RejectionCode = str
 
 
@@ -190,6 +203,20 @@ class JournalEvent(Message):
     timestamp_ms: int = Field(description="Timestamp of the command record that caused it")
     overdraft_limit: int | None = None
     metadata: Metadata | None = None
+    seq: int | None = Field(
+        default=None, ge=1, description="Position in its journal partition's chain, from 1"
+    )
+    prev_hash: str | None = Field(
+        default=None,
+        description="chain_hash of the previous event of its journal partition ('' for the "
+        "first); an edited, removed or reordered event breaks the chain",
+    )
+
+    def chain_hash(self) -> str:
+        """Digest of the whole event, `prev_hash` and `seq` included: the next event's
+        `prev_hash`."""
+        canonical = orjson.dumps(self.model_dump(exclude_none=True), option=orjson.OPT_SORT_KEYS)
+        return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
 class AccountState(Message):
@@ -236,6 +263,35 @@ class Outcome(Message):
     )
 
 
+class JournalHead(Message):
+    """The end of a journal partition's chain: the last event's `seq` and `chain_hash`."""
+
+    seq: int = Field(default=0, ge=0)
+    hash: str = ""
+
+
+class StateRecord(Message):
+    """One record of the state log (`<prefix>state`, co-partitioned, never compacted).
+
+    A writer's commit holds every state change of one decided batch of its partition in this
+    one record, so it lands whole or not at all on any broker. `expect` is the offset the
+    writer expects it to land at (the end of the partition as its writer knows it): a record
+    at any other offset is void, for its writer and for recovery. A new owner appends a
+    `claim` at the end it restored to; a writer that finds a valid record of another writer
+    between its last one and its commit has lost the partition.
+    """
+
+    kind: Literal["commit", "claim"]
+    expect: int = Field(ge=0, description="Offset this record is valid at")
+    writer: str = Field(description="Id of the writer process incarnation that wrote it")
+    accounts: dict[str, AccountState] = Field(default_factory=dict)
+    outcomes: dict[str, Outcome] = Field(default_factory=dict)
+    head: JournalHead | None = Field(default=None, description="Journal chain after the commit")
+    inputs: dict[str, int] = Field(
+        default_factory=dict, description="Next input offset per topic, after the commit"
+    )
+
+
 # Message models whose JSON Schema is published in schemas/, by file stem.
 SCHEMA_MODELS: dict[str, Any] = {
     "command": Command,
@@ -244,4 +300,5 @@ SCHEMA_MODELS: dict[str, Any] = {
     "journal_event": JournalEvent,
     "account_state": AccountState,
     "outcome": Outcome,
+    "state_record": StateRecord,
 }

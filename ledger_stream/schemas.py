@@ -22,8 +22,9 @@ TOPICS = {
     "leg": "<prefix>legs (key: account; value: a JSON array of legs of one partition)",
     "result": "<prefix>results (key: command_id)",
     "journal_event": "<prefix>journal (key: entry_id; compacted)",
-    "account_state": "<prefix>writer-accounts-changelog (key: account)",
-    "outcome": "<prefix>writer-outcomes-changelog (key: cmd:<id> or leg:credit:<id>)",
+    "account_state": "inside <prefix>state records (accounts, by account name)",
+    "outcome": "inside <prefix>state records (outcomes, by cmd:<id> or leg:credit:<id>)",
+    "state_record": "<prefix>state (one record per commit or claim; never compacted)",
 }
 
 

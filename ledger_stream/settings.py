@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ledger_stream.faults import POINTS
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -26,7 +28,7 @@ class Settings(BaseSettings):
     )
     replication_factor: int = Field(default=1, ge=1, le=16)
     data_dir: Path = Field(
-        default=Path(".ledger-data"), description="Worker's local state (RocksDB tables)"
+        default=Path(".ledger-data"), description="Worker's local state (one RocksDB per partition)"
     )
     batch_size_max: int = Field(
         default=1000,
@@ -67,6 +69,18 @@ class Settings(BaseSettings):
         default=-1, ge=-1, description="Journal retention (-1: keep forever; compacted)"
     )
     results_retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=-1)
+    stall_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A partition with input waiting and no progress for this long is named in "
+        "a log line and the ledger_partition_stalled metric",
+    )
+    fault_point: str | None = Field(
+        default=None,
+        description="Test only: exit at this step of the write path (see ledger_stream.faults)",
+    )
+    fault_after: int = Field(default=1, ge=1, description="Test only: at its n-th occurrence")
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     @field_validator("bootstrap_servers")
@@ -78,7 +92,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected host:port[,host:port], got {value!r}")
         return value
 
+    @field_validator("fault_point")
+    @classmethod
+    def _known_fault_point(cls, value: str | None) -> str | None:
+        if value is not None and value not in POINTS:
+            raise ValueError(f"expected one of {', '.join(POINTS)}")
+        return value
+
     @property
     def app_id(self) -> str:
-        """Faust application id (consumer group and changelog topic prefix)."""
+        """The writers' consumer group."""
         return f"{self.topic_prefix}writer"

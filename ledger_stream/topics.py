@@ -13,6 +13,9 @@ from ledger_stream.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+# One state record holds a whole commit; the writer decides in pieces that fit.
+STATE_RECORD_BYTES_MAX = 4 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class TopicNames:
@@ -21,6 +24,7 @@ class TopicNames:
     journal: str
     results: str
     deadletter: str
+    state: str
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TopicNames:
@@ -31,6 +35,7 @@ class TopicNames:
             journal=f"{prefix}journal",
             results=f"{prefix}results",
             deadletter=f"{prefix}deadletter",
+            state=f"{prefix}state",
         )
 
 
@@ -42,6 +47,12 @@ def topic_layouts(settings: Settings) -> list[NewTopic]:
         "cleanup.policy": "compact",
         "retention.ms": str(settings.journal_retention_ms),
     }
+    state_config = {
+        "cleanup.policy": "delete",
+        "retention.ms": "-1",
+        "retention.bytes": "-1",
+        "max.message.bytes": str(STATE_RECORD_BYTES_MAX + 64 * 1024),
+    }
     results_config = {
         "cleanup.policy": "delete",
         "retention.ms": str(settings.results_retention_ms),
@@ -52,11 +63,14 @@ def topic_layouts(settings: Settings) -> list[NewTopic]:
         NewTopic(names.journal, n, rf, topic_configs=journal_config),
         NewTopic(names.results, n, rf, topic_configs=results_config),
         NewTopic(names.deadletter, 1, rf, topic_configs={"cleanup.policy": "delete"}),
+        # The writers' state log: never compacted (compaction would keep a void commit's
+        # value over a valid one), kept for as long as the ledger lives.
+        NewTopic(names.state, n, rf, topic_configs=state_config),
     ]
 
 
 # Partition counts that must equal `partitions`: the writer's tables follow them.
-_COPARTITIONED = ("commands", "legs", "journal", "results")
+_COPARTITIONED = ("commands", "legs", "journal", "results", "state")
 
 
 async def ensure_topics(settings: Settings) -> list[str]:

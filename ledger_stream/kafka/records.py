@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from aiokafka import AIOKafkaProducer
@@ -28,9 +28,12 @@ class OutRecord(NamedTuple):
 
 
 async def send_records(
-    producer: AIOKafkaProducer, records: Iterable[OutRecord]
+    producer: AIOKafkaProducer,
+    records: Iterable[OutRecord],
+    on_first_ack: Callable[[], None] | None = None,
 ) -> dict[tuple[str, int], int]:
-    """Send `records` (in order within each topic partition) and wait for every ack.
+    """Send `records` (in order within each topic partition) and wait for every ack;
+    `on_first_ack` is called once the first batch is acked and others may not be.
 
     Returns the offset of the last record written to each (topic, partition).
     """
@@ -62,6 +65,11 @@ async def send_records(
             count += 1
         future = await producer.send_batch(batch, topic, partition=partition)
         pending.append(((topic, partition), count, future))
+    if on_first_ack is not None and pending:
+        await asyncio.wait(
+            [future for _, _, future in pending], return_when=asyncio.FIRST_COMPLETED
+        )
+        on_first_ack()
     metadata = await asyncio.gather(*(future for _, _, future in pending))
     last: dict[tuple[str, int], int] = {}
     for (tp, count, _), meta in zip(pending, metadata, strict=True):

@@ -14,7 +14,7 @@ from ledger_stream.kafka.broker import free_port, probe_metadata
 
 pytestmark = pytest.mark.e2e
 
-CLI = [sys.executable, "-m", "ledger_stream.cli"]
+CLI = [sys.executable, "-m", "agents.cli"]
 
 
 def run_cli(

@@ -1,8 +1,9 @@
 """A hand-written in-memory store for one partition's writer: prefetch, decide, write back.
 
 It does what the writer does around the pure core, without Kafka or RocksDB: it asks the core
-which keys a batch reads, maps the keys absent from storage to None, calls `decide` once and
-writes `decision.accounts` and `decision.outcomes` back.
+which keys a batch reads, maps the keys absent from storage to None, calls `decide` once with
+the partition's journal head and writes `decision.accounts`, `decision.outcomes` and
+`decision.head` back.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ledger_stream.core import (
     decide,
     outcomes_to_prefetch,
 )
-from ledger_stream.messages import AccountState, Command, JournalEvent, Leg, Outcome
+from ledger_stream.messages import AccountState, Command, JournalEvent, JournalHead, Leg, Outcome
 
 
 @dataclass
@@ -27,6 +28,7 @@ class PartitionStore:
     is_local: Callable[[str], bool]
     accounts: dict[str, AccountState] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
+    head: JournalHead = field(default_factory=JournalHead)
 
     def prefetch(
         self, messages: Iterable[Command | Leg]
@@ -44,9 +46,10 @@ class PartitionStore:
         """Decide one batch and write what it changed, as the writer does."""
         accounts, outcomes = self.prefetch(messages)
         batch = [Incoming(message, timestamp_ms) for message in messages]
-        decision = decide(accounts, outcomes, batch, self.is_local)
+        decision = decide(accounts, outcomes, batch, self.is_local, self.head)
         self.accounts.update(decision.accounts)
         self.outcomes.update(decision.outcomes)
+        self.head = decision.head
         return decision
 
 

@@ -5,7 +5,7 @@ Plain dicts of balances, statuses, currencies and seen ids; it imports nothing f
 result, the journal entries and the legs, from the rules written in the docstring of
 `ledger_stream.core` (rejection codes in precedence order, cross-partition transfers through
 `@transit` with a credit leg answered by a settle or a refund leg, repeats answered with the
-original outcome).
+original outcome, legs that no transfer sent refused).
 """
 
 from __future__ import annotations
@@ -17,6 +17,14 @@ from typing import Any
 # Written out again rather than imported, so a changed constant in the code is noticed.
 AMOUNT_MAX = 2**53 - 1
 BALANCE_MAX = 2**63 - 1
+# The codes a destination refuses a credit with; a refund carrying any other is forged.
+DESTINATION_CODES = (
+    "exists_with_different_payload",
+    "account_not_found",
+    "account_closed",
+    "currency_mismatch",
+    "overflow",
+)
 
 
 @dataclass
@@ -60,11 +68,13 @@ class ModelLeg:
 
 @dataclass(frozen=True)
 class Prediction:
-    """What deciding one input emits: an answer or none, journal entries, legs."""
+    """What deciding one input emits: an answer or none, journal entries, legs; or, for a
+    leg that no transfer sent, a refusal (it emits and changes nothing)."""
 
     answer: Answer | None = None
     entries: tuple[tuple[str, str], ...] = ()  # (entry_id, kind)
     legs: tuple[ModelLeg, ...] = ()
+    refused: bool = False
 
 
 @dataclass
@@ -200,7 +210,36 @@ class ModelLedger:
 
     # Legs
 
+    def pending_transfers(self, partition: int) -> list[ModelLeg]:
+        """The credit legs of `partition`'s transfers that have no answer yet."""
+        return [
+            leg
+            for (where, _), seen in self.commands.items()
+            if where == partition and seen.prediction.answer is None
+            for leg in seen.prediction.legs
+        ]
+
+    def _forged(self, partition: int, leg: Any) -> bool:
+        """A leg no transfer of this ledger sent: a credit of more than any amount, or a
+        settle or refund that matches no unanswered transfer of `partition`."""
+        if leg.type == "credit":
+            return leg.amount > AMOUNT_MAX
+        seen = self.commands.get((partition, leg.transfer_id))
+        if seen is None:
+            return True
+        if seen.prediction.answer is not None:
+            return False  # answered already: a repeat
+        fields = ("transfer_id", "source", "destination", "amount", "currency")
+        sent = [
+            credit
+            for credit in seen.prediction.legs
+            if all(getattr(credit, name) == getattr(leg, name) for name in fields)
+        ]
+        return not sent or (leg.type == "refund" and leg.code not in DESTINATION_CODES)
+
     def _apply_leg(self, partition: int, leg: Any) -> Prediction:
+        if self._forged(partition, leg):
+            return Prediction(refused=True)
         payload = _leg_payload(leg)
         key = (partition, leg.type, leg.transfer_id)
         seen = self.legs.get(key)

@@ -29,6 +29,7 @@ from ledger_stream.messages import (
     Command,
     Deposit,
     JournalEvent,
+    JournalHead,
     Leg,
     OpenAccount,
     Transfer,
@@ -1192,3 +1193,297 @@ def test_a_replayed_record_is_answered_as_before_and_a_repeat_as_a_duplicate() -
     assert [(r.result.status, r.result.duplicate) for r in repeat.results] == [("accepted", True)]
     assert replay.accounts == repeat.accounts == {}
     assert [e.entry_id for e in replay.journal] == [e.entry_id for e in repeat.journal] == ["c1:0"]
+
+
+# The journal chain: every new event takes the next seq and links to the one before.
+
+D1 = deposit("alice", 5, command_id="d1")
+D2 = deposit("alice", 7, command_id="d2")
+W1 = withdraw("alice", 3, command_id="w1")
+
+# (case, batches, (entry_id, seq) of the journal of each batch)
+CHAINS: list[tuple[str, list[list[Command]], list[list[tuple[str, int]]]]] = [
+    (
+        "new events of one batch in order",
+        [[open_account("dan", command_id="o1"), D1, W1]],
+        [[("o1:0", 1), ("d1:0", 2), ("w1:0", 3)]],
+    ),
+    ("a rejection takes no seq", [[deposit("nobody", 5, command_id="r1"), D1]], [[("d1:0", 1)]]),
+    (
+        "two batches continue one chain",
+        [[D1], [D2, W1]],
+        [[("d1:0", 1)], [("d2:0", 2), ("w1:0", 3)]],
+    ),
+    (
+        "a repeat in a later batch keeps its seq",
+        [[D1], [D1, D2]],
+        [[("d1:0", 1)], [("d1:0", 1), ("d2:0", 2)]],
+    ),
+    (
+        "a repeat in the same batch keeps its seq",
+        [[D1, D1, D2]],
+        [[("d1:0", 1), ("d1:0", 1), ("d2:0", 2)]],
+    ),
+    (
+        "a batch with nothing new leaves the head where it was",
+        [[D1], [D1, deposit("nobody", 5, command_id="r1")], [D2]],
+        [[("d1:0", 1)], [("d1:0", 1)], [("d2:0", 2)]],
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "batches", "expected"), CHAINS, ids=[row[0] for row in CHAINS])
+def test_journal_chain(
+    case: str, batches: list[list[Command]], expected: list[list[tuple[str, int]]]
+) -> None:
+    partition = store()
+    first_sent: dict[str, JournalEvent] = {}
+    by_seq: dict[int, JournalEvent] = {}
+    for batch, entries in zip(batches, expected, strict=True):
+        head = partition.head
+        decision = partition.run(batch)
+        assert [(e.entry_id, e.seq) for e in decision.journal] == entries
+        for event in decision.journal:
+            assert event.seq is not None
+            if event.entry_id in first_sent:  # a re-send: the same bytes as the first time
+                assert event.model_dump_json() == first_sent[event.entry_id].model_dump_json()
+                continue
+            first_sent[event.entry_id] = by_seq[event.seq] = event
+            before = by_seq[event.seq - 1].chain_hash() if event.seq > 1 else ""
+            assert event.prev_hash == before
+        new = [e for e in decision.journal if e.seq is not None and e.seq > head.seq]
+        if new:
+            assert decision.head == JournalHead(seq=new[-1].seq, hash=new[-1].chain_hash())
+        else:
+            assert decision.head == head
+        assert partition.head == decision.head
+
+
+def test_the_chain_starts_from_the_head_it_is_given() -> None:
+    head = JournalHead(seq=41, hash="0f" * 16)
+    decision = decide({"alice": usd()}, {"cmd:d1": None}, [Incoming(D1, 1)], is_local, head)
+    (event,) = decision.journal
+    assert (event.seq, event.prev_hash) == (42, head.hash)
+    assert decision.head == JournalHead(seq=42, hash=event.chain_hash())
+
+
+def test_without_a_head_the_chain_starts_at_seq_1_with_an_empty_prev_hash() -> None:
+    decision = decide({"alice": usd()}, {"cmd:d1": None}, [Incoming(D1, 1)], is_local)
+    assert [(e.seq, e.prev_hash) for e in decision.journal] == [(1, "")]
+
+
+def test_a_batch_that_journals_nothing_returns_the_head_it_was_given() -> None:
+    head = JournalHead(seq=7, hash="ab" * 16)
+    rejected = deposit("nobody", 5, command_id="r1")
+    decision = decide({"nobody": None}, {"cmd:r1": None}, [Incoming(rejected, 1)], is_local, head)
+    assert decision.journal == []
+    assert decision.head == head
+
+
+def test_outcomes_store_the_stamped_events_they_sent() -> None:
+    partition = store()
+    decision = partition.run([D1, D2])
+    assert [partition.outcomes[k].journal for k in ("cmd:d1", "cmd:d2")] == [
+        [decision.journal[0]],
+        [decision.journal[1]],
+    ]
+
+
+def test_a_changed_event_no_longer_matches_the_prev_hash_of_the_next() -> None:
+    partition = store()
+    first, second = partition.run([D1, D2]).journal
+    assert second.prev_hash == first.chain_hash()
+    edited = first.model_copy(update={"timestamp_ms": first.timestamp_ms + 1})
+    assert edited.chain_hash() != second.prev_hash
+
+
+def test_each_partition_keeps_its_own_chain_and_a_refund_event_is_stamped_on_the_source() -> None:
+    source, target = two_partitions()
+    source.run([deposit("alice", 1, command_id="d1")])
+    command = transfer("alice", "bnobody", 30, command_id="t1", reply_partition=1)
+    debit = source.run([command])
+    target.run([deposit("bea", 1, command_id="d9")])
+    credit = target.run(debit.legs)
+    assert (credit.journal, credit.head) == ([], target.head)  # refused: nothing journaled
+    refund = source.run(credit.legs)
+    (debit_event,) = debit.journal
+    (refund_event,) = refund.journal
+    assert (debit_event.entry_id, debit_event.seq) == ("t1:0", 2)
+    assert (refund_event.entry_id, refund_event.seq) == ("t1:2", 3)
+    assert refund_event.prev_hash == debit_event.chain_hash()
+    assert refund.head == JournalHead(seq=3, hash=refund_event.chain_hash())
+    # The outcome keeps both stamped events: repeats re-send them byte for byte.
+    assert source.outcomes["cmd:t1"].journal == [debit_event, refund_event]
+    again = source.run([command])
+    assert [e.model_dump_json() for e in again.journal] == [
+        e.model_dump_json() for e in (debit_event, refund_event)
+    ]
+    refund_again = source.run(credit.legs)
+    assert refund_again.journal == [refund_event]
+    assert source.head == refund.head
+
+
+def test_a_credit_event_is_stamped_on_the_destination_chain() -> None:
+    source, target = two_partitions()
+    target.run([deposit("bea", 1, command_id="d9")])
+    debit = source.run([transfer("alice", "bob", 30, command_id="t1")])
+    credit = target.run(debit.legs)
+    (event,) = credit.journal
+    assert (event.entry_id, event.seq) == ("t1:1", 2)
+    assert event.prev_hash == target.outcomes["cmd:d9"].journal[0].chain_hash()
+    assert debit.journal[0].seq == 1  # the source's chain is its own
+
+
+# Refused legs: a leg no transfer of this partition sent changes nothing and stops nothing.
+
+
+def pending_transfer() -> tuple[PartitionStore, Leg]:
+    """Partition 0 with transfer t1 (alice to bob, 30) sent and not yet settled; its credit leg."""
+    source, _ = two_partitions()
+    debit = source.run([transfer("alice", "bob", 30, command_id="t1", reply_partition=1)])
+    return source, debit.legs[0]
+
+
+def returned(kind: str, **changes: Any) -> dict[str, Any]:
+    return {"type": kind, "code": "account_not_found" if kind == "refund" else None, **changes}
+
+
+# (case, changes to the credit leg that make the returning leg, words the reason must hold)
+REFUSED_LEGS: list[tuple[str, dict[str, Any], str]] = [
+    ("settle for a transfer never posted", returned("settle", transfer_id="t9"), "never posted"),
+    ("refund for a transfer never posted", returned("refund", transfer_id="t9"), "never posted"),
+    ("settle of another amount", returned("settle", amount=31), "does not match"),
+    ("refund of another amount", returned("refund", amount=29), "does not match"),
+    ("refund of more than is in transit", returned("refund", amount=10**30), "does not match"),
+    ("settle to another destination", returned("settle", destination="bea"), "does not match"),
+    ("refund from another source", returned("refund", source="anna"), "does not match"),
+    ("settle in another currency", returned("settle", currency="EUR"), "does not match"),
+    ("settle of another payload", returned("settle", payload_digest="00" * 16), "does not match"),
+    ("refund without a payload digest", returned("refund", payload_digest=None), "does not match"),
+    ("refund without a code", returned("refund", code=None), "no destination sends"),
+    (
+        "refund with a code of a command",
+        returned("refund", code="insufficient_funds"),
+        "no destination",
+    ),
+    ("refund with an unknown code", returned("refund", code="gone"), "no destination sends"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "changes", "reason"), REFUSED_LEGS, ids=[row[0] for row in REFUSED_LEGS]
+)
+def test_a_returning_leg_that_matches_no_pending_transfer_is_refused(
+    case: str, changes: dict[str, Any], reason: str
+) -> None:
+    source, credit_leg = pending_transfer()
+    forged = credit_leg.model_copy(update=changes)
+    accounts, outcomes, head = dict(source.accounts), dict(source.outcomes), source.head
+    prefetched_accounts, prefetched_outcomes = source.prefetch([forged])
+    incoming = Incoming(forged, 5_000, "legs/0/3/0")
+    decision = decide(prefetched_accounts, prefetched_outcomes, [incoming], source.is_local, head)
+    assert [refused for refused, _ in decision.refused] == [incoming]
+    assert reason in decision.refused[0][1]
+    assert (decision.results, decision.journal, decision.legs) == ([], [], [])
+    assert (decision.accounts, decision.outcomes, decision.head) == ({}, {}, head)
+    assert (source.accounts, source.outcomes) == (accounts, outcomes)
+    # The real transfer is untouched: its settle still ends it.
+    settled = source.run([credit_leg.model_copy(update={"type": "settle"})])
+    assert settled.refused == []
+    assert source.accounts["alice"] == usd(credits_posted=100, debits_posted=30)
+
+
+def test_a_refused_leg_in_a_batch_leaves_the_other_inputs_decided_in_order() -> None:
+    source, credit_leg = pending_transfer()
+    forged = credit_leg.model_copy(update={"type": "settle", "amount": 31})
+    decision = source.run([forged, deposit("alice", 5, command_id="d1"), forged])
+    assert [incoming.message for incoming, _ in decision.refused] == [forged, forged]
+    assert result_fields(decision) == [("d1", "accepted", None, False, None)]
+    assert [(e.entry_id, e.seq) for e in decision.journal] == [("d1:0", 2)]
+
+
+def test_a_returning_leg_for_a_final_outcome_is_answered_as_a_repeat_not_refused() -> None:
+    source, credit_leg = pending_transfer()
+    source.run([credit_leg.model_copy(update={"type": "settle"})])
+    late_refund = credit_leg.model_copy(update={"type": "refund", "code": "account_closed"})
+    decision = source.run([late_refund, credit_leg.model_copy(update={"type": "settle"})])
+    assert decision.refused == []
+    assert result_fields(decision) == [("t1", "accepted", None, True, 1)]
+    assert (decision.journal, decision.legs, decision.accounts, decision.outcomes) == (
+        [],
+        [],
+        {},
+        {},
+    )
+
+
+@pytest.mark.parametrize("amount", [AMOUNT_MAX + 1, 2**64, 10**30])
+def test_a_credit_leg_above_amount_max_is_refused_not_refunded(amount: int) -> None:
+    _, target = two_partitions()
+    leg = Leg(
+        type="credit",
+        transfer_id="t1",
+        source="alice",
+        destination="bob",
+        amount=amount,
+        currency="USD",
+    )
+    decision = target.run([leg])
+    assert [(i.message, "over the limit" in r) for i, r in decision.refused] == [(leg, True)]
+    assert (decision.results, decision.journal, decision.legs, decision.outcomes) == (
+        [],
+        [],
+        [],
+        {},
+    )
+    assert target.accounts["bob"] == usd()
+
+
+def test_a_credit_leg_of_amount_max_lands() -> None:
+    _, target = two_partitions()
+    leg = Leg(
+        type="credit",
+        transfer_id="t1",
+        source="alice",
+        destination="bob",
+        amount=AMOUNT_MAX,
+        currency="USD",
+    )
+    decision = target.run([leg])
+    assert decision.refused == []
+    assert target.accounts["bob"] == usd(credits_posted=AMOUNT_MAX)
+
+
+@pytest.mark.parametrize("destination", ["@world", "@transit"])
+def test_a_credit_leg_to_a_system_account_is_refunded_as_not_found(destination: str) -> None:
+    partition = store()
+    leg = Leg(
+        type="credit",
+        transfer_id="t1",
+        source="zed",
+        destination=destination,
+        amount=5,
+        currency="USD",
+    )
+    decision = partition.run([leg])
+    assert [(leg.type, leg.code) for leg in decision.legs] == [("refund", "account_not_found")]
+    assert (decision.refused, decision.journal, decision.accounts) == ([], [], {})
+
+
+def test_hostile_credit_legs_are_refunded_and_the_refund_is_refused_at_the_source() -> None:
+    source, target = two_partitions(bclosed=AccountState(currency="USD", status="closed"))
+    forged = Leg(
+        type="credit",
+        transfer_id="t7",
+        source="alice",
+        destination="bclosed",
+        amount=5,
+        currency="USD",
+    )
+    credit = target.run([forged])
+    assert [(leg.type, leg.code) for leg in credit.legs] == [("refund", "account_closed")]
+    back = source.run(credit.legs)
+    assert [r for _, r in back.refused] == [
+        "refund leg for transfer 't7', never posted on this partition"
+    ]
+    assert source.accounts["alice"] == usd(credits_posted=100)

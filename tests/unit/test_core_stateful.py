@@ -1,7 +1,9 @@
 """Random batches of commands and legs through `decide`, checked against the reference model.
 
 Two simulated partitions (a* accounts on 0, b* accounts on 1) each run the core over their
-own in-memory store; the legs one emits wait in a queue until the other decides them.
+own in-memory store; the legs one emits wait in a queue until the other decides them. Now and
+then a forged leg is put on the legs topic by hand; and each partition's journal is checked to
+be one unbroken chain.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from model import AMOUNT_MAX, Answer, ModelLedger, Prediction, model_leg_of
 
 from ledger_stream.core import Decision
-from ledger_stream.messages import COMMAND_ADAPTER, JournalEvent, Leg
+from ledger_stream.messages import COMMAND_ADAPTER, JournalEvent, JournalHead, Leg
 from ledger_stream.money import format_amount
 
 ACCOUNTS = {0: ("a0", "a1", "a2"), 1: ("b0", "b1", "b2")}
@@ -100,6 +102,27 @@ def conflicting_command(draw: Any, command: dict[str, Any]) -> dict[str, Any]:
     return conflict
 
 
+HUGE = (AMOUNT_MAX + 1, 2**64)
+
+
+def mismatches(sent: Any) -> Any:
+    """One change that makes a returning leg differ from the credit leg `sent` (not in its
+    payload digest: the model does not know digests; the table tests change those)."""
+    others = [a for a in ALL_ACCOUNTS if a not in (sent.source, sent.destination)]
+    return st.one_of(
+        st.sampled_from([a for a in (sent.amount - 1, sent.amount + 1, 10**30) if a > 0]).map(
+            lambda amount: {"amount": amount}
+        ),
+        st.sampled_from(others).map(lambda destination: {"destination": destination}),
+        st.sampled_from([c for c in ("USD", "EUR", "JPY") if c != sent.currency]).map(
+            lambda currency: {"currency": currency}
+        ),
+        st.sampled_from([None, "insufficient_funds", "gone"]).map(
+            lambda code: {"type": "refund", "code": code}
+        ),
+    )
+
+
 class LedgerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -111,6 +134,10 @@ class LedgerMachine(RuleBasedStateMachine):
         self.delivered: list[Leg] = []
         self.sent: dict[int, list[dict[str, Any]]] = {0: [], 1: []}
         self.journal: dict[str, JournalEvent] = {}
+        # The end of each partition's journal chain, as its events so far link up.
+        self.chain_ends = {p: JournalHead() for p in (0, 1)}
+        self.forged = 0
+        self.credits: dict[str, Leg] = {}  # the credit legs emitted so far, by transfer id
         self.next_id = 0
         self.clock_ms = 1_000
 
@@ -163,20 +190,42 @@ class LedgerMachine(RuleBasedStateMachine):
         self.clock_ms += 1
         predictions = [self.model.apply(partition, message) for message in messages]
         decision = self.stores[partition].run(messages, self.clock_ms)
-        self.check_decision(decision, predictions)
+        self.check_decision(decision, messages, predictions)
+        self.check_chain(partition, decision)
         for reply in decision.results:
             note_event(
                 f"result {reply.result.code or 'accepted'}{' (repeat)' * reply.result.duplicate}"
             )
         for leg in decision.legs:
             note_event(f"leg {leg.type} {leg.code or ''}")
+        for refused, _ in decision.refused:
+            note_event(f"refused {getattr(refused.message, 'type', '')} leg")
         for event in decision.journal:
             first = self.journal.setdefault(event.entry_id, event)
             assert first == event, f"{event.entry_id} was re-emitted with other content"
         for leg in decision.legs:
             self.in_flight[partition_of(leg.account)].append(leg)
+            if leg.type == "credit":
+                self.credits[leg.transfer_id] = leg
 
-    def check_decision(self, decision: Decision, predictions: list[Prediction]) -> None:
+    def check_chain(self, partition: int, decision: Decision) -> None:
+        """New events continue the partition's chain; re-sent ones keep their first stamps."""
+        end = self.chain_ends[partition]
+        for event in decision.journal:
+            if event.entry_id in self.journal:
+                continue  # a re-send, compared with the first send in `run`
+            assert (event.seq, event.prev_hash) == (end.seq + 1, end.hash), event.entry_id
+            end = JournalHead(seq=end.seq + 1, hash=event.chain_hash())
+            self.journal[event.entry_id] = event
+        assert decision.head == end
+        self.chain_ends[partition] = end
+
+    def check_decision(
+        self, decision: Decision, messages: list[Any], predictions: list[Prediction]
+    ) -> None:
+        refused = [message for message, p in zip(messages, predictions, strict=True) if p.refused]
+        assert [incoming.message for incoming, _ in decision.refused] == refused
+        assert all(reason for _, reason in decision.refused)
         expected_answers = [p.answer for p in predictions if p.answer is not None]
         answers = [
             Answer(
@@ -226,6 +275,39 @@ class LedgerMachine(RuleBasedStateMachine):
         if self.delivered:
             leg = data.draw(st.sampled_from(self.delivered))
             self.run(partition_of(leg.account), [leg])
+
+    @rule(data=st.data())
+    def decide_a_forged_leg(self, data: Any) -> None:
+        """A leg no writer sent: a settle or refund of a transfer never posted, or one that
+        differs from a transfer in flight, or a credit of more than any transfer moves."""
+        self.forged += 1
+        kind = data.draw(st.sampled_from(("settle", "refund")))
+        leg: dict[str, Any] = {
+            "type": kind,
+            "transfer_id": f"f{self.forged}",  # commands are c<n>: never posted
+            "source": data.draw(st.sampled_from(ALL_ACCOUNTS)),
+            "destination": data.draw(st.sampled_from(ALL_ACCOUNTS)),
+            "amount": data.draw(small_amounts),
+            "currency": data.draw(st.sampled_from(CURRENCIES)),
+            "code": "account_closed" if kind == "refund" else None,
+        }
+        how = data.draw(
+            st.sampled_from(("never posted", "mismatched", "mismatched", "huge credit"))
+        )
+        pending = {sent.transfer_id for p in (0, 1) for sent in self.model.pending_transfers(p)}
+        in_flight = [sent for transfer_id, sent in self.credits.items() if transfer_id in pending]
+        if how == "mismatched" and in_flight:
+            # A copy of a credit leg seen on the topic, sent back changed in one field.
+            sent = data.draw(st.sampled_from(in_flight))
+            leg = {**sent.model_dump(), "type": kind, "code": leg["code"]}
+            leg.update(data.draw(mismatches(sent)))
+        elif how == "huge credit":
+            leg.update(type="credit", code=None, amount=data.draw(st.sampled_from(HUGE)))
+        else:
+            how = "never posted"
+        note_event(f"forged leg: {how}")
+        forged = Leg.model_validate(leg)
+        self.run(partition_of(forged.account), [forged])
 
     # Invariants
 

@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from ledger_stream.core import Incoming
-from ledger_stream.intake import DEADLETTER_HEADERS, DeadLetter, Record, read_record
+from ledger_stream.intake import (
+    DEADLETTER_HEADERS,
+    RECORD_BYTES_MAX,
+    DeadLetter,
+    Record,
+    read_record,
+)
 from ledger_stream.messages import Deposit, Leg, OpenAccount
 
 HERE = {"alice", "bob"}  # accounts of partition 3 in these tests
@@ -323,3 +329,48 @@ def test_each_input_knows_the_record_and_index_it_came_from() -> None:
     assert [i.origin for i in read] == [
         f"{source.topic}/{source.partition}/{source.offset}/{index}" for index in (0, 1)
     ]
+
+
+def padded(value: bytes, size: int) -> bytes:
+    """`value` with trailing whitespace up to `size` bytes: still valid JSON."""
+    return value + b" " * (size - len(value))
+
+
+LEG = {
+    "type": "credit",
+    "transfer_id": "t1",
+    "source": "zed",
+    "destination": "bob",
+    "amount": 5,
+    "currency": "USD",
+}
+
+# (case, value, is_leg, size) of records over the limit, each one readable but for its size
+OVERSIZE = [
+    ("a command one byte over", encode(deposit()), False, RECORD_BYTES_MAX + 1),
+    ("a batch of commands", encode([deposit()]), False, 4 * RECORD_BYTES_MAX),
+    ("a record of legs", encode([LEG]), True, RECORD_BYTES_MAX + 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "value", "is_leg", "size"), OVERSIZE, ids=[row[0] for row in OVERSIZE]
+)
+def test_a_record_over_the_size_limit_is_a_dead_letter_without_being_read(
+    case: str, value: bytes, is_leg: bool, size: int
+) -> None:
+    letter = dead_letter(padded(value, size), is_leg=is_leg)
+    assert letter.error == (f"record of {size} bytes is over the limit of {RECORD_BYTES_MAX} bytes")
+    assert letter.replies == ()  # not parsed, so no command id to answer
+    assert letter.record.value is not None and len(letter.record.value) == size
+
+
+@pytest.mark.parametrize(
+    ("value", "is_leg"), [(encode(deposit()), False), (encode([LEG]), True)], ids=["command", "leg"]
+)
+def test_a_record_of_exactly_the_size_limit_is_read(value: bytes, is_leg: bool) -> None:
+    assert len(inputs(padded(value, RECORD_BYTES_MAX), is_leg=is_leg)) == 1
+
+
+def test_the_record_size_limit_is_one_mebibyte() -> None:
+    assert RECORD_BYTES_MAX == 1024 * 1024

@@ -15,6 +15,7 @@ from ledger_stream.messages import (
     AccountState,
     CloseAccount,
     Deposit,
+    JournalEvent,
     Leg,
     OpenAccount,
     Transfer,
@@ -173,6 +174,9 @@ REFUSED = [
         wire("deposit", metadata={f"k{i}": "v" for i in range(33)}),
         "metadata",
     ),
+    ("metadata with an empty key", wire("deposit", metadata={"": "v"}), "metadata"),
+    ("metadata key of 65 characters", wire("deposit", metadata={"k" * 65: "v"}), "metadata"),
+    ("metadata value of 513 characters", wire("deposit", metadata={"k": "v" * 513}), "metadata"),
 ]
 
 
@@ -271,3 +275,52 @@ def test_account_state_balance_and_available(
     state: AccountState, balance: int, available: int
 ) -> None:
     assert (state.balance, state.available) == (balance, available)
+
+
+def test_metadata_at_its_limits_is_accepted() -> None:
+    metadata = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(32)}
+    command = COMMAND_ADAPTER.validate_json(wire("deposit", metadata=metadata))
+    assert command.metadata == metadata
+    assert all(len(key) == 64 for key in metadata)
+
+
+def test_metadata_may_hold_empty_values() -> None:
+    command = COMMAND_ADAPTER.validate_json(wire("deposit", metadata={"k": ""}))
+    assert command.metadata == {"k": ""}
+
+
+def journal_event(**changes: Any) -> JournalEvent:
+    fields: dict[str, Any] = {
+        "entry_id": "c1:0",
+        "command_id": "c1",
+        "kind": "deposit",
+        "account": "alice",
+        "currency": "USD",
+        "postings": [{"account": "@world", "debit": 5}, {"account": "alice", "credit": 5}],
+        "timestamp_ms": 1_000,
+        "seq": 1,
+        "prev_hash": "",
+    }
+    return JournalEvent.model_validate({**fields, **changes})
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"seq": 2},
+        {"prev_hash": "ab" * 16},
+        {"timestamp_ms": 1_001},
+        {"postings": [{"account": "@world", "debit": 6}, {"account": "alice", "credit": 6}]},
+        {"metadata": {"note": "x"}},
+    ],
+    ids=["seq", "prev_hash", "timestamp", "postings", "metadata"],
+)
+def test_the_chain_hash_of_a_journal_event_covers_every_field(changes: dict[str, Any]) -> None:
+    assert journal_event(**changes).chain_hash() != journal_event().chain_hash()
+
+
+def test_the_chain_hash_is_the_same_for_an_event_read_back_from_its_json() -> None:
+    event = journal_event(metadata={"b": "2", "a": "1"})
+    assert JournalEvent.model_validate_json(event.model_dump_json()).chain_hash() == (
+        event.chain_hash()
+    )

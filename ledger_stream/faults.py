@@ -1,0 +1,41 @@
+"""Crash points on the write path, for the fault suite: a worker started with
+`LEDGER_FAULT_POINT=<point>` (and `LEDGER_FAULT_AFTER=<n>`, default 1) exits at once, the
+n-th time it reaches that point, as if it had been killed there. Unset, nothing happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+# In the order a batch reaches them; `claimed` is on the way in, after a restore.
+POINTS = (
+    "claimed",  # a new owner's claim is acked, before it decides anything
+    "decided",  # a batch is decided, nothing written
+    "commit-sent",  # the first state commit is handed to the producer, not yet acked
+    "between-commits",  # one partition's commit is acked, the next not yet sent
+    "committed",  # every commit is acked, the local store not yet written
+    "applied",  # the local store is written, no output sent
+    "outputs-partly-sent",  # some outputs are acked, not all
+    "outputs-sent",  # every output is acked, the input not yet acknowledged
+)
+EXIT_FAULT = 86
+
+
+class Faults:
+    def __init__(self, point: str | None = None, after: int = 1) -> None:
+        if point is not None and point not in POINTS:
+            raise ValueError(f"unknown fault point {point!r}; one of {', '.join(POINTS)}")
+        self.point = point
+        self.remaining = after
+
+    def reached(self, point: str) -> None:
+        if point != self.point:
+            return
+        self.remaining -= 1
+        if self.remaining <= 0:
+            logger.critical("fault injected at %r: exiting with code %d", point, EXIT_FAULT)
+            logging.shutdown()
+            os._exit(EXIT_FAULT)

@@ -1,0 +1,134 @@
+"""The local copy of one partition's state: accounts, outcomes, the journal head, and how far
+into the state log it has applied, in one RocksDB database written one batch at a time.
+
+The position and the data it covers change in the same RocksDB write batch, so the local
+copy is always some prefix of the state log, never part of a commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import rocksdict
+
+from ledger_stream.messages import JournalHead
+
+logger = logging.getLogger(__name__)
+
+_ACCOUNT = b"a:"
+_OUTCOME = b"o:"
+_POSITION = b"m:position"
+_HEAD = b"m:head"
+_IDENTITY = b"m:identity"
+
+
+def digest(value: bytes) -> str:
+    """Digest of a state record, kept for the last record applied: a log that has another
+    record at that offset is another log (a recreated topic, a new broker)."""
+    return hashlib.blake2b(value, digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class Position:
+    """The state log offset to read next, and the digest of the record just before it."""
+
+    next_offset: int = 0
+    last_digest: str = ""
+
+
+@dataclass
+class Changes:
+    """Serialized state changes of one or more records, applied in one write batch."""
+
+    accounts: dict[str, bytes]
+    outcomes: dict[str, bytes]
+    head: JournalHead | None = None
+
+
+class PartitionStore:
+    """RocksDB for one partition, in `<data_dir>/partition-<n>`, tagged with `identity`
+    (which ledger and which state topic it mirrors); a directory tagged otherwise is wiped."""
+
+    def __init__(self, path: Path, identity: str) -> None:
+        self.path = path
+        self.identity = identity
+        self.db = self._open()
+
+    def _open(self) -> rocksdict.Rdict:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        db = rocksdict.Rdict(str(self.path), options=options)
+        found = db.get(_IDENTITY)
+        if found is not None and found.decode() != self.identity:
+            logger.warning(
+                "local state in %s belongs to %s, not %s; rebuilding it from the state log",
+                self.path,
+                found.decode(),
+                self.identity,
+            )
+            db.close()
+            shutil.rmtree(self.path)
+            return self._open()
+        if found is None:
+            db.put(_IDENTITY, self.identity.encode())
+        return db
+
+    def wipe(self, why: str) -> None:
+        """Forget everything local; the state log is read again from its start."""
+        logger.warning("rebuilding %s from the state log: %s", self.path, why)
+        self.db.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.db = self._open()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def account(self, name: str) -> bytes | None:
+        value: bytes | None = self.db.get(_ACCOUNT + name.encode())
+        return value
+
+    def outcome(self, key: str) -> bytes | None:
+        value: bytes | None = self.db.get(_OUTCOME + key.encode())
+        return value
+
+    def accounts(self) -> dict[str, bytes]:
+        """Every account of the partition (for audits and tests; not on the hot path)."""
+        found: dict[str, bytes] = {}
+        for key, value in self.db.items(from_key=_ACCOUNT):
+            assert isinstance(key, bytes) and isinstance(value, bytes)  # raw mode
+            if not key.startswith(_ACCOUNT):
+                break
+            found[key[len(_ACCOUNT) :].decode()] = value
+        return found
+
+    @property
+    def position(self) -> Position:
+        raw = self.db.get(_POSITION)
+        if raw is None:
+            return Position()
+        data = orjson.loads(raw)
+        return Position(data["next_offset"], data["last_digest"])
+
+    @property
+    def head(self) -> JournalHead:
+        raw = self.db.get(_HEAD)
+        return JournalHead() if raw is None else JournalHead.model_validate_json(raw)
+
+    def apply(self, changes: Changes, position: Position) -> None:
+        """Write `changes` and move the position over the records they came from, at once."""
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for name, value in changes.accounts.items():
+            batch.put(_ACCOUNT + name.encode(), value)
+        for key, value in changes.outcomes.items():
+            batch.put(_OUTCOME + key.encode(), value)
+        if changes.head is not None:
+            batch.put(_HEAD, changes.head.model_dump_json().encode())
+        position_value = {"next_offset": position.next_offset, "last_digest": position.last_digest}
+        batch.put(_POSITION, orjson.dumps(position_value))
+        self.db.write(batch)

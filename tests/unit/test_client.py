@@ -1,0 +1,237 @@
+"""LedgerClient on a fake producer and a fake results stream: failed sends reach the caller,
+timeouts name the command, and retries re-publish the identical command."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, NamedTuple
+
+import orjson
+import pytest
+from aiokafka.errors import KafkaTimeoutError
+
+from ledger_stream.client import LedgerClient
+from ledger_stream.core import fingerprint
+from ledger_stream.errors import ResultTimeout, SendFailed
+from ledger_stream.messages import COMMAND_ADAPTER, Command, Result
+from ledger_stream.partitioning import partition_of
+
+PARTITIONS = 4
+REPLY_PARTITION = 3
+ALICE, BOB = "alice", "bob"
+assert partition_of(ALICE, PARTITIONS) != partition_of(BOB, PARTITIONS)
+
+
+class Record(NamedTuple):
+    topic: str
+    key: bytes
+    value: bytes
+    partition: int
+
+
+class FakeProducer:
+    """Takes records as AIOKafkaProducer.send does; refuses those for `refused_partitions`."""
+
+    def __init__(self) -> None:
+        self.sent: list[Record] = []
+        self.refused: list[Record] = []
+        self.refused_partitions: set[int] = set()
+        self.on_sent: Callable[[Record], None] = lambda record: None
+        self.stopped = False
+
+    async def send(
+        self, topic: str, value: bytes, *, key: bytes, partition: int
+    ) -> asyncio.Future[None]:
+        record = Record(topic, key, value, partition)
+        delivery: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if partition in self.refused_partitions:
+            self.refused.append(record)
+            delivery.set_exception(KafkaTimeoutError("no leader acknowledged the record"))
+        else:
+            self.sent.append(record)
+            delivery.set_result(None)
+            self.on_sent(record)
+        return delivery
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+class FakeResults:
+    """The reply partition: result records the test publishes, read a poll at a time."""
+
+    def __init__(self) -> None:
+        self._polls: asyncio.Queue[list[bytes | None]] = asyncio.Queue()
+
+    def publish(self, result: Result) -> None:
+        self._polls.put_nowait([result.model_dump_json(exclude_none=True).encode()])
+
+    def __aiter__(self) -> FakeResults:
+        return self
+
+    async def __anext__(self) -> list[bytes | None]:
+        return await self._polls.get()
+
+
+@asynccontextmanager
+async def attached(
+    producer: FakeProducer, results: FakeResults, **options: Any
+) -> AsyncIterator[LedgerClient]:
+    client = LedgerClient("fake:9092", **({"linger_ms": 1} | options))
+    client.attach(producer, results, partitions=PARTITIONS, reply_partition=REPLY_PARTITION)
+    try:
+        yield client
+    finally:
+        await client.stop()
+
+
+def deposit(command_id: str, account: str = ALICE) -> Command:
+    fields = {"command_id": command_id, "account": account, "amount": 100, "currency": "USD"}
+    return COMMAND_ADAPTER.validate_python({"type": "deposit", **fields})
+
+
+def accepted(command: Command, *, duplicate: bool = False) -> Result:
+    return Result(
+        command_id=command.command_id,
+        status="accepted",
+        duplicate=duplicate,
+        type=command.type,
+        account=command.account,
+        payload_digest=fingerprint(command),
+    )
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(poll(), 1.0)
+
+
+async def test_a_refused_record_fails_the_submits_of_that_record_and_no_other() -> None:
+    producer, results = FakeProducer(), FakeResults()
+    producer.refused_partitions.add(partition_of(ALICE, PARTITIONS))
+    async with attached(producer, results, timeout_s=5) as client:
+        alice_1, alice_2, bob = deposit("a-1"), deposit("a-2"), deposit("b-1", BOB)
+        refused = [asyncio.create_task(client.submit(c)) for c in (alice_1, alice_2)]
+        waiting = asyncio.create_task(client.submit(bob))
+        errors = await asyncio.gather(*refused, return_exceptions=True)
+
+        failures = [error for error in errors if isinstance(error, SendFailed)]
+        assert [failure.command_id for failure in failures] == ["a-1", "a-2"]
+        first = failures[0]
+        assert first.command == alice_1.model_copy(update={"reply_partition": REPLY_PARTITION})
+        assert isinstance(first.cause, KafkaTimeoutError)
+        assert "command 'a-1'" in str(first)
+        assert "may or may not have reached Kafka" in str(first)
+        assert "Re-submitting the same command is safe" in str(first)
+        # Both of alice's commands were in one record: the batching stays.
+        assert len(producer.refused) == 1
+        assert [c["command_id"] for c in orjson.loads(producer.refused[0].value)] == ["a-1", "a-2"]
+
+        assert not waiting.done()
+        results.publish(accepted(bob))
+        assert (await waiting).status == "accepted"
+
+
+async def test_flush_raises_for_a_refused_record_it_waited_for() -> None:
+    producer, results = FakeProducer(), FakeResults()
+    producer.refused_partitions.add(partition_of(ALICE, PARTITIONS))
+    async with attached(producer, results, timeout_s=5, linger_ms=60_000) as client:
+        waiting = asyncio.create_task(client.submit(deposit("a-1")))
+        await asyncio.sleep(0)  # the submit queues its record, then waits for the result
+        client.send_raw(ALICE, b'{"raw": 1}')
+        client.send_raw(BOB, b'{"raw": 2}')
+
+        with pytest.raises(SendFailed, match=r"command 'a-1' and 1 raw record") as flushed:
+            await client.flush()
+        assert (flushed.value.command_ids, flushed.value.records) == (("a-1",), 2)
+        with pytest.raises(SendFailed, match="command 'a-1'"):
+            await waiting
+        assert [record.value for record in producer.sent] == [b'{"raw": 2}']
+
+
+async def test_a_raw_record_refused_before_a_flush_is_raised_by_the_next_flush_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    producer, results = FakeProducer(), FakeResults()
+    producer.refused_partitions.add(partition_of(ALICE, PARTITIONS))
+    async with attached(producer, results, batch_size_max=1) as client:
+        client.send_raw(ALICE, b'{"raw": 1}')  # a full batch: on its way at once
+        await until(lambda: "sending 1 raw record to Kafka failed" in caplog.text)
+
+        with pytest.raises(SendFailed, match="1 raw record to Kafka failed"):
+            await client.flush()
+        await client.flush()
+
+
+async def test_a_timeout_carries_the_command_and_its_id() -> None:
+    producer, results = FakeProducer(), FakeResults()
+    async with attached(producer, results, timeout_s=0.02) as client:
+        with pytest.raises(ResultTimeout, match="Re-submitting the same command is safe") as timed:
+            await client.deposit(ALICE, 100, "USD", command_id="lonely")
+
+    assert timed.value.command_id == "lonely"
+    assert timed.value.command.command_id == "lonely"
+    assert timed.value.command.reply_partition == REPLY_PARTITION
+    assert timed.value.attempts == 1
+
+
+async def test_attempts_max_republishes_the_identical_record_and_returns_the_next_answer() -> None:
+    producer, results = FakeProducer(), FakeResults()
+    command = deposit("again")
+
+    def answer_the_second(record: Record) -> None:
+        if len(producer.sent) == 2:
+            results.publish(accepted(command, duplicate=True))
+
+    producer.on_sent = answer_the_second
+    async with attached(producer, results, timeout_s=0.05) as client:
+        result = await client.submit(command, attempts_max=3)
+
+    assert result == accepted(command, duplicate=True)
+    first, second = producer.sent
+    assert first == second
+    assert COMMAND_ADAPTER.validate_json(first.value) == command.model_copy(
+        update={"reply_partition": REPLY_PARTITION}
+    )
+
+
+async def test_spent_attempts_raise_the_last_timeout_after_as_many_publications() -> None:
+    producer, results = FakeProducer(), FakeResults()
+    async with attached(producer, results, timeout_s=0.02) as client:
+        with pytest.raises(ResultTimeout, match="on each of 3 attempts") as timed:
+            await client.transfer(ALICE, BOB, 100, "USD", command_id="t-1", attempts_max=3)
+
+    assert (timed.value.command_id, timed.value.attempts) == ("t-1", 3)
+    assert len({record.value for record in producer.sent}) == 1
+    assert len(producer.sent) == 3
+
+
+async def test_attempts_max_below_one_is_refused_before_sending() -> None:
+    producer, results = FakeProducer(), FakeResults()
+    async with attached(producer, results) as client:
+        with pytest.raises(ValueError, match="attempts_max must be at least 1"):
+            await client.submit(deposit("none"), attempts_max=0)
+    assert producer.sent == []
+
+
+async def test_commands_of_one_partition_within_the_linger_go_as_one_record() -> None:
+    producer, results = FakeProducer(), FakeResults()
+
+    def answer_each(record: Record) -> None:
+        for command in orjson.loads(record.value):
+            results.publish(accepted(COMMAND_ADAPTER.validate_python(command)))
+
+    producer.on_sent = answer_each
+    async with attached(producer, results, timeout_s=5, linger_ms=20) as client:
+        commands = [deposit(f"d-{number}") for number in range(3)]
+        answers = await asyncio.gather(*(client.submit(command) for command in commands))
+
+    assert [answer.command_id for answer in answers] == ["d-0", "d-1", "d-2"]
+    assert len(producer.sent) == 1
+    assert producer.sent[0].key == ALICE.encode()
+    assert producer.stopped
