@@ -90,7 +90,7 @@ class Writer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topics = TopicNames.from_settings(settings)
-        self.faults = Faults(settings.fault_point, settings.fault_after)
+        self.faults = Faults(settings.fault_point, settings.fault_after, settings.fault_action)
         self.writer_id = uuid.uuid4().hex  # one per process incarnation
         self.identity = f"{settings.bootstrap_servers}/{self.topics.state}/{settings.partitions}"
         self.logs: dict[int, PartitionLog] = {}
@@ -157,7 +157,7 @@ class Writer:
             for number in numbers:
                 if number not in self.logs:
                     self.logs[number] = await self._restore(number)
-                    self.faults.reached("claimed")
+                    await self.faults.passed("claimed")
             assert self.consumer is not None
             now = time.monotonic()
             for tp in assigned:
@@ -211,14 +211,14 @@ class Writer:
                     f"bug while deciding partition {number} (records {span}...); stopping "
                     "without acknowledging the batch, so a fixed worker decides it again",
                 )
-        self.faults.reached("decided")
+        await self.faults.passed("decided")
         await self._commit(pieces)
-        self.faults.reached("applied")
+        await self.faults.passed("applied")
         outbox = Outbox()
         for _, piece in pieces:
             _extend(outbox, piece.outbox)
         await self._send_outputs(outbox)
-        self.faults.reached("outputs-sent")
+        await self.faults.passed("outputs-sent")
         await self._acknowledge(owned)
         BATCH_SECONDS.observe(time.perf_counter() - started)
         for reply in outbox.results:
@@ -306,13 +306,13 @@ class Writer:
             for piece in todo:
                 await log.commit(piece.commit)
                 COMMITS.inc()
-                self.faults.reached("between-commits")
+                await self.faults.passed("between-commits")
 
         try:
             await asyncio.gather(*(commit_all(logs[p], todo) for p, todo in by_log.items()))
         except Fenced as error:
             _stop_worker(EXIT_FENCED, f"{error}; stopping without sending this batch's outputs")
-        self.faults.reached("committed")
+        await self.faults.passed("committed")
 
     async def _append(self, partition: int, value: bytes) -> int:
         """Append one record to a state partition; the offset it landed at."""

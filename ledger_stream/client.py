@@ -36,6 +36,7 @@ from aiokafka.cluster import ClusterMetadata
 
 from ledger_stream.core import fingerprint
 from ledger_stream.errors import ConfigurationError, ResultTimeout, SendFailed
+from ledger_stream.intake import RECORD_BYTES_MAX
 from ledger_stream.kafka.retry import started
 from ledger_stream.messages import COMMAND_ADAPTER, Command, Result
 from ledger_stream.partitioning import partition_of
@@ -88,6 +89,7 @@ class LedgerClient:
         # command_id -> (payload digest, future) per submission, oldest first
         self._waiting: dict[str, deque[tuple[str, asyncio.Future[Result]]]] = defaultdict(deque)
         self._queued: dict[int, list[_Queued]] = defaultdict(list)
+        self._queued_bytes: dict[int, int] = {}  # size of each queue's record, as sent
         self._flush_handle: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[SendFailed | None]] = set()
         # Failed records holding `send_raw` values: no caller waits on those, so the next
@@ -170,6 +172,7 @@ class LedgerClient:
             self._flush_handle.cancel()
             self._flush_handle = None
         self._queued.clear()
+        self._queued_bytes.clear()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -324,6 +327,7 @@ class LedgerClient:
             self._flush_handle.cancel()
             self._flush_handle = None
         queued, self._queued = self._queued, defaultdict(list)
+        self._queued_bytes.clear()
         for partition, batch in queued.items():
             self._spawn(self._send_batch(partition, batch))
 
@@ -368,10 +372,17 @@ class LedgerClient:
         if self._producer is None:
             raise RuntimeError("LedgerClient is not started; use `async with LedgerClient(...)`")
         partition = partition_of(account, self._partitions)
+        size = self._queued_bytes.get(partition, 0)
+        if partition in self._queued and size + len(value) + 2 > RECORD_BYTES_MAX:
+            # The writer reads no record over the limit: send what is queued, start anew.
+            self._spawn(self._send_batch(partition, self._queued.pop(partition)))
+            size = 0
         queue = self._queued[partition]
         queue.append((account, value, waiter))
+        self._queued_bytes[partition] = size + len(value) + 1
         if len(queue) >= self.batch_size_max:
             del self._queued[partition]
+            del self._queued_bytes[partition]
             self._spawn(self._send_batch(partition, queue))
         elif self._flush_handle is None:
             loop = asyncio.get_running_loop()

@@ -2,7 +2,8 @@
 
 Starts what it needs (embedded broker, workers), opens and funds accounts, publishes
 transfers through LedgerClient (same- and cross-partition, some invalid, some repeated),
-then reads the journal back and checks it against what the results said.
+then reads the journal back, checks it against what the results said, and audits the
+ledger (`ledger-stream audit`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ledger_stream.audit import audit
 from ledger_stream.client import LedgerClient
 from ledger_stream.core import TRANSIT, WORLD
 from ledger_stream.journal import Books, fold, read_journal
@@ -118,7 +120,13 @@ async def _drive(
         await _run_transfers(client, plan, tally, say)
         elapsed = time.monotonic() - started
     books = await _settled_books(settings, tally)
-    return _report(args, settings, tally, books, elapsed, dead_letters, say)
+    say("auditing the ledger (ledger-stream audit)")
+    audited = await audit(settings)
+    for failure in audited.failures:
+        say(f"  {failure.line()}")
+    report = _report(args, settings, tally, books, elapsed, dead_letters, audited.ok, say)
+    report["audit"] = audited.as_dict()
+    return report
 
 
 def _plan_transfers(
@@ -215,6 +223,7 @@ def _report(
     books: Books,
     elapsed: float,
     dead_letters: int,
+    audit_ok: bool,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     negative = [a for a, c in tally.currency_of.items() if books.balance(a, c) < 0]
@@ -228,6 +237,7 @@ def _report(
         "balances_match_results": not tally.mismatched(books),
         "no_account_overdrawn": not negative,
         "each_accepted_transfer_posted_once": transfer_events == tally.transfers_accepted,
+        "audit_clean": audit_ok,
     }
     transfers_sent = sum(tally.codes.values())
     rate = transfers_sent / elapsed if elapsed else 0.0

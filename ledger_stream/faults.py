@@ -1,10 +1,13 @@
 """Crash points on the write path, for the fault suite: a worker started with
 `LEDGER_FAULT_POINT=<point>` (and `LEDGER_FAULT_AFTER=<n>`, default 1) exits at once, the
-n-th time it reaches that point, as if it had been killed there. Unset, nothing happens.
+n-th time it reaches that point, as if it had been killed there; with
+`LEDGER_FAULT_ACTION=hang` its writer stops there instead, for good, while the rest of the
+process (HTTP, metrics, the progress watch) goes on. Unset, nothing happens.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
@@ -22,20 +25,32 @@ POINTS = (
     "outputs-sent",  # every output is acked, the input not yet acknowledged
 )
 EXIT_FAULT = 86
+ACTIONS = ("exit", "hang")
 
 
 class Faults:
-    def __init__(self, point: str | None = None, after: int = 1) -> None:
+    def __init__(self, point: str | None = None, after: int = 1, action: str = "exit") -> None:
         if point is not None and point not in POINTS:
             raise ValueError(f"unknown fault point {point!r}; one of {', '.join(POINTS)}")
         self.point = point
         self.remaining = after
+        self.action = action
 
     def reached(self, point: str) -> None:
-        if point != self.point:
+        """Exit here if this is the point and its turn (a hang waits for `passed`)."""
+        if point != self.point or self.action != "exit":
             return
         self.remaining -= 1
         if self.remaining <= 0:
             logger.critical("fault injected at %r: exiting with code %d", point, EXIT_FAULT)
             logging.shutdown()
             os._exit(EXIT_FAULT)
+
+    async def passed(self, point: str) -> None:
+        """`reached`, or with the hang action, never return from the point's turn."""
+        if point == self.point and self.action == "hang":
+            self.remaining -= 1
+            if self.remaining <= 0:
+                logger.critical("fault injected at %r: the writer hangs here", point)
+                await asyncio.Event().wait()
+        self.reached(point)

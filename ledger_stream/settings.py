@@ -5,6 +5,7 @@ environment variables (or a `.env` file) with command-line flags on top.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,6 +82,9 @@ class Settings(BaseSettings):
         description="Test only: exit at this step of the write path (see ledger_stream.faults)",
     )
     fault_after: int = Field(default=1, ge=1, description="Test only: at its n-th occurrence")
+    fault_action: Literal["exit", "hang"] = Field(
+        default="exit", description="Test only: exit the process, or hang the writer there"
+    )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     @field_validator("bootstrap_servers")

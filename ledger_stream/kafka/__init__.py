@@ -1,1 +1,2 @@
-"""Kafka plumbing: the embedded broker, the Faust transport, batched record sending."""
+"""Kafka plumbing: the embedded broker, the consumer group, reading to the true end, batched
+record sending and retries."""

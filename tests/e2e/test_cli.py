@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
+from ledger_stream.client import LedgerClient
+from ledger_stream.journal import read_journal
 from ledger_stream.kafka.broker import free_port, probe_metadata
+from ledger_stream.local import start_local_ledger
+from ledger_stream.partitioning import partition_of
+from ledger_stream.settings import Settings
+from ledger_stream.topics import TopicNames
 
 pytestmark = pytest.mark.e2e
 
@@ -35,6 +45,7 @@ def test_demo_balances_the_books_and_reports_json() -> None:
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["invariants_ok"] is True
     assert all(report["checks"].values())
+    assert report["checks"]["audit_clean"] is True
     assert report["transfers"] == 600
     assert report["accepted"] > 0 and report["rejected"]
     assert report["dead_letters"] == 2
@@ -98,3 +109,52 @@ def test_bench_reports_figures_for_every_transfer_it_sent() -> None:
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["results"] == {"accepted": 500}
     assert figures["transfers_per_s"] > 0 and figures["partitions"] == 2
+
+
+def test_audit_passes_a_clean_ledger_and_names_an_edited_journal_event(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack:
+        ledger = start_local_ledger(
+            stack, tmp_path, name="audit", bootstrap=None, partitions=2, workers=1
+        )
+        settings = ledger.settings
+        flags = ["--bootstrap", settings.bootstrap_servers, "--prefix", settings.topic_prefix]
+        flags += ["--partitions", "2"]
+        asyncio.run(_open_and_fund(settings, "alice"))
+
+        clean = run_cli("audit", *flags)
+        assert clean.returncode == 0, clean.stdout + clean.stderr[-3000:]
+        assert "OK" in clean.stdout
+
+        edited = asyncio.run(_edit_a_journal_event(settings))
+        tampered = run_cli("audit", *flags, "--json")
+        assert tampered.returncode == 1, tampered.stdout + tampered.stderr[-3000:]
+        report = json.loads(tampered.stdout.strip().splitlines()[-1])
+        failing = {failure["check"]: failure["names"] for failure in report["failures"]}
+        assert any(edited in name for name in failing["one_content"])
+
+
+async def _open_and_fund(settings: Settings, account: str) -> None:
+    async with LedgerClient(
+        settings.bootstrap_servers, topic_prefix=settings.topic_prefix, timeout_s=90
+    ) as client:
+        assert (await client.open_account(account, "USD")).status == "accepted"
+        assert (await client.deposit(account, 500, "USD")).status == "accepted"
+
+
+async def _edit_a_journal_event(settings: Settings) -> str:
+    """Publish a second, different content under the entry id of a deposit; its id."""
+    journal = TopicNames.from_settings(settings).journal
+    events = await read_journal(settings.bootstrap_servers, journal)
+    deposit = next(event for event in events if event.kind == "deposit")
+    forged = deposit.model_copy(update={"metadata": {"edited": "yes"}})
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    await producer.start()
+    try:
+        partition = partition_of(deposit.account, settings.partitions)
+        value = forged.model_dump_json(exclude_none=True).encode()
+        await producer.send_and_wait(
+            journal, value, key=deposit.entry_id.encode(), partition=partition
+        )
+    finally:
+        await producer.stop()
+    return deposit.entry_id

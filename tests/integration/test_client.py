@@ -8,7 +8,7 @@ from aiokafka import TopicPartition
 from ledger_stream.client import LedgerClient
 from ledger_stream.errors import BrokerUnavailable, ConfigurationError, ResultTimeout
 from ledger_stream.kafka.broker import EmbeddedBroker, free_port
-from ledger_stream.kafka.transport import true_end_offsets
+from ledger_stream.kafka.reading import reader, true_ends
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
 
@@ -54,5 +54,10 @@ async def test_flush_waits_for_batches_already_on_their_way(ledger: Settings) ->
         await client.flush()
         partition = partition_of("alice", ledger.partitions)
         commands = TopicPartition(f"{ledger.topic_prefix}commands", partition)
-        ends = await true_end_offsets(ledger.bootstrap_servers, [commands])
+        consumer = reader(ledger.bootstrap_servers)
+        await consumer.start()
+        try:
+            ends = await true_ends(consumer, [commands])
+        finally:
+            await consumer.stop()
         assert ends[commands] == 2

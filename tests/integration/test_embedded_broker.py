@@ -13,6 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
 from ledger_stream.kafka.broker import EmbeddedBroker, free_port, probe_metadata
+from ledger_stream.kafka.reading import reader, true_ends
 
 
 def _alive(pid: int) -> bool:
@@ -107,7 +108,7 @@ async def test_produce_and_consume_round_trip(broker: EmbeddedBroker) -> None:
 async def test_list_offsets_latest_is_at_most_the_fetch_high_watermark(
     broker: EmbeddedBroker,
 ) -> None:
-    """Documents the difference the ``ledger-kafka`` transport works around.
+    """Documents the difference `ledger_stream.kafka.reading.true_ends` works around.
 
     On Tansu ListOffsets(latest) gives the last batch's base offset + 1; Fetch carries the
     true high watermark. On Apache Kafka both agree. Either way: reported <= true.
@@ -141,3 +142,24 @@ async def test_list_offsets_latest_is_at_most_the_fetch_high_watermark(
     assert count == 300
     assert highwater == 300
     assert 0 < reported <= highwater
+
+
+async def test_true_ends_reads_past_a_short_list_offsets(broker: EmbeddedBroker) -> None:
+    """Batches of many records: ListOffsets may stop at the last batch's base offset + 1,
+    `true_ends` must not."""
+    topic = f"trueends-{uuid.uuid4().hex[:8]}"
+    await _create_topic(broker.bootstrap, topic, 2)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=50)
+    await producer.start()
+    try:
+        sent = [await producer.send(topic, b"x", partition=0) for _ in range(300)]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    consumer = reader(broker.bootstrap)
+    await consumer.start()
+    try:
+        ends = await true_ends(consumer, [TopicPartition(topic, 0), TopicPartition(topic, 1)])
+    finally:
+        await consumer.stop()
+    assert ends == {TopicPartition(topic, 0): 300, TopicPartition(topic, 1): 0}

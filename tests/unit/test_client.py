@@ -15,6 +15,7 @@ from aiokafka.errors import KafkaTimeoutError
 from ledger_stream.client import LedgerClient
 from ledger_stream.core import fingerprint
 from ledger_stream.errors import ResultTimeout, SendFailed
+from ledger_stream.intake import RECORD_BYTES_MAX
 from ledger_stream.messages import COMMAND_ADAPTER, Command, Result
 from ledger_stream.partitioning import partition_of
 
@@ -235,3 +236,18 @@ async def test_commands_of_one_partition_within_the_linger_go_as_one_record() ->
     assert len(producer.sent) == 1
     assert producer.sent[0].key == ALICE.encode()
     assert producer.stopped
+
+
+async def test_a_batch_is_split_before_its_record_passes_the_size_limit() -> None:
+    producer, results = FakeProducer(), FakeResults()
+    metadata = {f"k{i}": "v" * 500 for i in range(32)}  # about 17 KiB a command
+    async with attached(producer, results, batch_size_max=500) as client:
+        for i in range(120):
+            command = deposit(f"big-{i}").model_copy(update={"metadata": metadata})
+            client.send_raw(ALICE, command.model_dump_json().encode())
+        await client.flush()
+
+    sizes = [len(record.value) for record in producer.sent]
+    assert len(sizes) >= 2
+    assert max(sizes) <= RECORD_BYTES_MAX
+    assert sum(record.value.count(b'"command_id"') for record in producer.sent) == 120

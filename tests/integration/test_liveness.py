@@ -1,0 +1,60 @@
+"""A partition that has input waiting and makes no progress is named, in the worker's log and
+in the `ledger_partition_stalled` metric, while the worker's process is still alive.
+
+The writer is made to hang (LEDGER_FAULT_ACTION=hang) the first time it has decided a batch,
+so the command it took stays unanswered and its partition stalls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+
+from ledger_stream.client import LedgerClient
+from ledger_stream.local import FAST_GROUP_ENV, WorkerProcess
+from ledger_stream.partitioning import partition_of
+from ledger_stream.settings import Settings
+
+STALL_TIMEOUT_S = 2
+WAIT_S = 90.0
+
+
+async def _metrics(worker: WorkerProcess) -> str:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{worker.url}/metrics/") as response,
+    ):
+        return await response.text()
+
+
+async def test_a_stalled_partition_is_named_in_the_log_and_the_metric(
+    ledger: Settings, tmp_path: Path
+) -> None:
+    env = {
+        **FAST_GROUP_ENV,
+        "LEDGER_TOPIC_PREFIX": ledger.topic_prefix,
+        "LEDGER_PARTITIONS": str(ledger.partitions),
+        "LEDGER_STALL_TIMEOUT_S": str(STALL_TIMEOUT_S),
+        "LEDGER_FAULT_POINT": "decided",
+        "LEDGER_FAULT_ACTION": "hang",
+    }
+    worker = WorkerProcess(ledger.bootstrap_servers, tmp_path / "worker", env=env)
+    worker.start()
+    try:
+        assert worker.wait_for_log("Worker ready", WAIT_S), worker.log_tail()
+        async with LedgerClient(ledger.bootstrap_servers, topic_prefix=ledger.topic_prefix) as c:
+            c.send_raw(
+                "alice",
+                b'{"type":"open_account","command_id":"o1","account":"alice","currency":"USD"}',
+            )
+            await c.flush()
+        partition = partition_of("alice", ledger.partitions)
+        line = f"partition {ledger.topic_prefix}commands-{partition} stalled"
+        assert await asyncio.to_thread(worker.wait_for_log, line, WAIT_S), worker.log_tail()
+        metrics = await _metrics(worker)
+        assert f'ledger_partition_stalled{{partition="{partition}"}} 1.0' in metrics
+        assert worker.alive()
+    finally:
+        worker.kill()
