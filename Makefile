@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-unit test-integration lint typecheck schemas bench broker worker clean
+.PHONY: help install demo test test-unit test-integration test-faults lint typecheck schemas bench soak broker clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ install: $(STAMP) ## create .venv and install the package with its dev tools
 demo: $(STAMP) ## start an embedded broker and a worker, run transfers, check the books
 	$(BIN)/ledger-stream demo
 
-test: $(STAMP) lint typecheck ## lint, type-check and run every test (unit, integration, end-to-end)
+test: $(STAMP) lint typecheck ## lint, type-check and run every test (unit, integration, faults, end-to-end)
 	$(BIN)/pytest
 
 test-unit: $(STAMP) ## only the fast unit tests
@@ -29,6 +29,9 @@ test-unit: $(STAMP) ## only the fast unit tests
 
 test-integration: $(STAMP) ## only the tests against the embedded broker
 	$(BIN)/pytest tests/integration tests/e2e
+
+test-faults: $(STAMP) ## only the fault suite (LEDGER_FAULT_SEED=<seed> replays a schedule)
+	$(BIN)/pytest tests/faults
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check ledger_stream agents tests
@@ -39,6 +42,12 @@ typecheck: $(STAMP) ## mypy
 
 schemas: $(STAMP) ## regenerate schemas/*.json from the message models
 	$(BIN)/python -m ledger_stream.schemas
+
+bench: $(STAMP) ## measure transfers a second on a local ledger (figures, not pass/fail)
+	$(BIN)/ledger-stream bench
+
+soak: $(STAMP) ## ten minutes of load, crashes and rebalances, then an audit
+	$(BIN)/ledger-stream soak --minutes 10
 
 broker: $(STAMP) ## run the embedded broker in the foreground (prints its address)
 	$(BIN)/ledger-stream broker

@@ -37,9 +37,6 @@ class Settings(BaseSettings):
         le=100_000,
         description="Records the writer takes per batch (a record may carry many commands)",
     )
-    batch_linger_ms: int = Field(
-        default=5, ge=0, le=10_000, description="How long the writer waits to fill a batch"
-    )
     connect_attempts_max: int = Field(
         default=10,
         ge=1,

@@ -210,10 +210,23 @@ class PartitionLog:
             read.others += 1
         if kind != "commit":
             return
+        try:
+            accounts = dict(data.get("accounts", {}))
+            outcomes = dict(data.get("outcomes", {}))
+            head = data.get("head")
+            head = None if head is None else JournalHead.model_validate(head)
+        except (TypeError, ValueError) as error:
+            # A record at its own `expect` is a commit someone made: dropping it could lose
+            # money, so stop and say where it is rather than skip it.
+            raise LedgerError(
+                f"state record at offset {offset} of {self.tp.topic}-{self.partition} is a "
+                f"valid commit whose body cannot be read ({error}); it was not written by "
+                "this version of ledger_stream"
+            ) from error
         changes = read.changes
-        for name, account in data.get("accounts", {}).items():
+        for name, account in accounts.items():
             changes.accounts[name] = orjson.dumps(account)
-        for key, outcome in data.get("outcomes", {}).items():
+        for key, outcome in outcomes.items():
             changes.outcomes[key] = orjson.dumps(outcome)
-        if data.get("head") is not None:
-            changes.head = JournalHead.model_validate(data["head"])
+        if head is not None:
+            changes.head = head
