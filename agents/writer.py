@@ -32,9 +32,10 @@ from typing import Any, NoReturn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
 import ledger_stream.kafka.group  # noqa: F401  (leave the group properly on the embedded broker)
+from agents.progress import Progress
 from ledger_stream.core import Incoming, accounts_to_prefetch, decide, outcomes_to_prefetch
 from ledger_stream.errors import LedgerError
 from ledger_stream.faults import Faults
@@ -61,21 +62,12 @@ BATCH_SIZE = Histogram(
     buckets=(1, 10, 100, 1000, 10_000, 100_000),
 )
 BATCH_SECONDS = Histogram("ledger_writer_batch_seconds", "Time to decide, commit and send a batch")
-STALLED = Gauge(
-    "ledger_partition_stalled",
-    "1 while a partition has input waiting and makes no progress",
-    ["partition"],
-)
-LAG = Gauge(
-    "ledger_input_lag_records", "Input records not yet acknowledged", ["topic", "partition"]
-)
 
 EXIT_BUG = 70  # EX_SOFTWARE
 EXIT_BROKER_GONE = 75  # EX_TEMPFAIL
 EXIT_FENCED = 76  # another writer owns a partition this one was writing
 
 COMMIT_INPUTS_MAX = 5000  # inputs decided into one state record, before any size check
-WATCH_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -96,8 +88,7 @@ class Writer:
         self.logs: dict[int, PartitionLog] = {}
         self.lock = asyncio.Lock()  # one batch or one rebalance at a time
         self.ready = asyncio.Event()
-        self.acked: dict[TopicPartition, int] = {}  # next input offset, per partition
-        self.progress_at: dict[TopicPartition, float] = {}
+        self.progress = Progress(settings.stall_timeout_s)
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.reader: AIOKafkaConsumer | None = None
@@ -133,7 +124,7 @@ class Writer:
         # time a batch takes to decide.
         gc.freeze()
         gc.set_threshold(50_000, 20, 50)
-        watcher = asyncio.create_task(self._watch_progress())
+        watcher = asyncio.create_task(self.progress.watch(self.consumer))
         try:
             while not stopping.is_set():
                 batch = await self.consumer.getmany(
@@ -159,11 +150,8 @@ class Writer:
                     self.logs[number] = await self._restore(number)
                     await self.faults.passed("claimed")
             assert self.consumer is not None
-            now = time.monotonic()
             for tp in assigned:
-                committed = await self.consumer.committed(tp)
-                self.acked[tp] = committed or 0
-                self.progress_at[tp] = now
+                self.progress.acknowledged(tp, await self.consumer.committed(tp) or 0)
             logger.info("writing partitions %s", numbers or "none (more workers than partitions)")
             if not self.ready.is_set():
                 self.ready.set()
@@ -177,9 +165,7 @@ class Writer:
                 if log is not None:
                     log.store.close()
             for tp in revoked:
-                self.acked.pop(tp, None)
-                self.progress_at.pop(tp, None)
-                STALLED.labels(str(tp.partition)).set(0)
+                self.progress.forget(tp)
             if revoked:
                 logger.info("gave up partitions %s", sorted({tp.partition for tp in revoked}))
 
@@ -383,43 +369,8 @@ class Writer:
         except Exception as error:
             logger.warning("could not acknowledge input offsets (%s); they will be re-read", error)
             return
-        now = time.monotonic()
         for tp, offset in offsets.items():
-            self.acked[tp] = offset
-            self.progress_at[tp] = now
-
-    # -- liveness -----------------------------------------------------------------------
-
-    async def _watch_progress(self) -> None:
-        """Name every partition that has input waiting and has made no progress for
-        `stall_timeout_s`, in a log line and the `ledger_partition_stalled` metric."""
-        consumer = self.consumer
-        assert consumer is not None
-        warned: dict[TopicPartition, float] = {}
-        stall_s = self.settings.stall_timeout_s
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL_S)
-            now = time.monotonic()
-            for tp, acked in list(self.acked.items()):
-                highwater = consumer.highwater(tp) if tp in consumer.assignment() else None
-                if highwater is None:
-                    continue
-                waiting = highwater - acked
-                LAG.labels(tp.topic, str(tp.partition)).set(max(0, waiting))
-                if waiting <= 0:
-                    self.progress_at[tp] = now
-                idle_s = now - self.progress_at.get(tp, now)
-                stalled = waiting > 0 and idle_s >= stall_s
-                STALLED.labels(str(tp.partition)).set(1 if stalled else 0)
-                if stalled and now - warned.get(tp, 0.0) >= stall_s:
-                    warned[tp] = now
-                    logger.warning(
-                        "partition %s-%d stalled: %d records waiting, no progress for %.0f s",
-                        tp.topic,
-                        tp.partition,
-                        waiting,
-                        idle_s,
-                    )
+            self.progress.acknowledged(tp, offset)
 
 
 class _Listener(ConsumerRebalanceListener):

@@ -115,13 +115,7 @@ async def test_list_offsets_latest_is_at_most_the_fetch_high_watermark(
     """
     topic = f"listoffsets-{uuid.uuid4().hex[:8]}"
     await _create_topic(broker.bootstrap, topic, 1)
-    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=50)
-    await producer.start()
-    try:
-        sent = [await producer.send(topic, b"x", partition=0) for _ in range(300)]
-        await asyncio.gather(*sent)
-    finally:
-        await producer.stop()
+    await _produce_in_batches(broker.bootstrap, topic, 300)
 
     tp = TopicPartition(topic, 0)
     consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
@@ -149,13 +143,7 @@ async def test_true_ends_reads_past_a_short_list_offsets(broker: EmbeddedBroker)
     `true_ends` must not."""
     topic = f"trueends-{uuid.uuid4().hex[:8]}"
     await _create_topic(broker.bootstrap, topic, 2)
-    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=50)
-    await producer.start()
-    try:
-        sent = [await producer.send(topic, b"x", partition=0) for _ in range(300)]
-        await asyncio.gather(*sent)
-    finally:
-        await producer.stop()
+    await _produce_in_batches(broker.bootstrap, topic, 300)
     consumer = reader(broker.bootstrap)
     await consumer.start()
     try:
@@ -163,3 +151,14 @@ async def test_true_ends_reads_past_a_short_list_offsets(broker: EmbeddedBroker)
     finally:
         await consumer.stop()
     assert ends == {TopicPartition(topic, 0): 300, TopicPartition(topic, 1): 0}
+
+
+async def _produce_in_batches(bootstrap: str, topic: str, count: int) -> None:
+    """`count` records on partition 0, lingering so that they travel in a few batches."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50)
+    await producer.start()
+    try:
+        sent = [await producer.send(topic, b"x", partition=0) for _ in range(count)]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()

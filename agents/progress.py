@@ -1,0 +1,68 @@
+"""Is every partition of this worker moving? Input acknowledged so far, per partition, and a
+watch that names a partition with input waiting and no progress for `stall_timeout_s`, in a
+log line and in the `ledger_partition_stalled` metric."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import Gauge
+
+logger = logging.getLogger(__name__)
+
+STALLED = Gauge(
+    "ledger_partition_stalled",
+    "1 while a partition has input waiting and makes no progress",
+    ["partition"],
+)
+LAG = Gauge(
+    "ledger_input_lag_records", "Input records not yet acknowledged", ["topic", "partition"]
+)
+WATCH_INTERVAL_S = 1.0
+
+
+class Progress:
+    def __init__(self, stall_timeout_s: float) -> None:
+        self.stall_timeout_s = stall_timeout_s
+        self.acked: dict[TopicPartition, int] = {}  # next input offset to acknowledge
+        self.moved_at: dict[TopicPartition, float] = {}
+        self.warned_at: dict[TopicPartition, float] = {}
+
+    def acknowledged(self, tp: TopicPartition, next_offset: int) -> None:
+        self.acked[tp] = next_offset
+        self.moved_at[tp] = time.monotonic()
+
+    def forget(self, tp: TopicPartition) -> None:
+        for table in (self.acked, self.moved_at, self.warned_at):
+            table.pop(tp, None)
+        STALLED.labels(str(tp.partition)).set(0)
+
+    async def watch(self, consumer: AIOKafkaConsumer) -> None:
+        """Runs until cancelled, looking once a second."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            assigned = consumer.assignment()
+            for tp, acked in list(self.acked.items()):
+                highwater = consumer.highwater(tp) if tp in assigned else None
+                if highwater is not None:
+                    self._look(tp, highwater - acked, time.monotonic())
+
+    def _look(self, tp: TopicPartition, waiting: int, now: float) -> None:
+        LAG.labels(tp.topic, str(tp.partition)).set(max(0, waiting))
+        if waiting <= 0:
+            self.moved_at[tp] = now
+        idle_s = now - self.moved_at.get(tp, now)
+        stalled = waiting > 0 and idle_s >= self.stall_timeout_s
+        STALLED.labels(str(tp.partition)).set(1 if stalled else 0)
+        if stalled and now - self.warned_at.get(tp, float("-inf")) >= self.stall_timeout_s:
+            self.warned_at[tp] = now
+            logger.warning(
+                "partition %s-%d stalled: %d records waiting, no progress for %.0f s",
+                tp.topic,
+                tp.partition,
+                waiting,
+                idle_s,
+            )
