@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from ledger_stream.core import TRANSIT, WORLD
 from ledger_stream.errors import BrokerUnavailable, ConfigurationError
 from ledger_stream.journal import Books, fold
-from ledger_stream.kafka.reading import Record, read_topic, reader
+from ledger_stream.kafka.reading import read_topic, reader
 from ledger_stream.kafka.retry import started
 from ledger_stream.messages import (
     COMMAND_BATCH_MAX,
@@ -193,7 +193,7 @@ async def _partitions(settings: Settings, topics: list[str]) -> list[int]:
 async def _read(bootstrap_servers: str, topic: str, partitions: list[int]) -> list[LogRecord]:
     records: list[LogRecord] = []
     reading = read_topic(bootstrap_servers, topic, partitions)
-    async with aclosing(cast("AsyncGenerator[list[Record], None]", reading)) as batches:
+    async with aclosing(reading) as batches:
         async for batch in batches:
             records.extend(LogRecord(r.partition, r.offset, r.key, r.value) for r in batch)
     logger.info("read %d records of %s", len(records), topic)

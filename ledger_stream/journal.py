@@ -8,12 +8,11 @@ balances.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import Iterable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import cast
 
-from ledger_stream.kafka.reading import Record, read_topic
+from ledger_stream.kafka.reading import read_topic
 from ledger_stream.messages import JournalEvent
 
 
@@ -27,7 +26,7 @@ async def read_journal(bootstrap_servers: str, topic: str) -> list[JournalEvent]
     events: dict[tuple[int, str], JournalEvent] = {}
     # read_topic is an async generator (typed as an iterator): close it, and its consumer,
     # even when a record cannot be read.
-    reading = cast("AsyncGenerator[list[Record], None]", read_topic(bootstrap_servers, topic))
+    reading = read_topic(bootstrap_servers, topic)
     async with aclosing(reading) as batches:
         async for records in batches:
             for record in records:

@@ -9,7 +9,7 @@ taken once, when the read starts; records written after that are not waited for.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -67,7 +67,7 @@ async def read_range(
     consumer: AIOKafkaConsumer,
     starts: Mapping[TopicPartition, int],
     ends: Mapping[TopicPartition, int],
-) -> AsyncIterator[list[Record]]:
+) -> AsyncGenerator[list[Record], None]:
     """Yield the records of each partition from `starts` up to (not including) `ends`, a
     list at a time, in offset order within each partition. `consumer` must be started."""
     pending = {tp for tp in starts if starts[tp] < ends[tp]}
@@ -91,7 +91,7 @@ async def read_range(
 
 async def read_topic(
     bootstrap_servers: str, topic: str, partitions: Sequence[int] | None = None
-) -> AsyncIterator[list[Record]]:
+) -> AsyncGenerator[list[Record], None]:
     """Every record of `topic` (or of the given partitions) from the log start to the true
     end as it is when the read starts, a list at a time."""
     consumer = reader(bootstrap_servers)
