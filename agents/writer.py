@@ -87,6 +87,7 @@ class Writer:
         self.identity = f"{settings.bootstrap_servers}/{self.topics.state}/{settings.partitions}"
         self.logs: dict[int, PartitionLog] = {}
         self.lock = asyncio.Lock()  # one batch or one rebalance at a time
+        self.reading = asyncio.Lock()  # the state logs take turns with the one reader
         self.ready = asyncio.Event()
         self.progress = Progress(settings.stall_timeout_s)
         self.producer: AIOKafkaProducer | None = None
@@ -132,7 +133,7 @@ class Writer:
                 )
                 if batch:
                     async with self.lock:
-                        await self._write_batch(batch)
+                        await self._write_batch_or_stop(batch)
         finally:
             watcher.cancel()
             await self.consumer.stop()  # leaves the group: the partitions move at once
@@ -174,12 +175,26 @@ class Writer:
         path = Path(self.settings.data_dir) / f"partition-{number}"
         store = PartitionStore(path, self.identity)
         log = PartitionLog(
-            self.topics.state, number, store, self.writer_id, self.reader, self._append
+            self.topics.state,
+            number,
+            store,
+            self.writer_id,
+            self.reader,
+            self._append,
+            self.reading,
         )
         await log.restore()
         return log
 
     # -- one batch ------------------------------------------------------------------------
+
+    async def _write_batch_or_stop(
+        self, batch: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
+    ) -> None:
+        try:
+            await self._write_batch(batch)
+        except Exception:
+            _stop_worker(EXIT_BUG, "unexpected error while writing a batch; nothing acknowledged")
 
     async def _write_batch(
         self, batch: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]

@@ -4,7 +4,9 @@ A command record holds one command (a JSON object) or a batch of commands of one
 (a JSON array); a leg record holds a JSON array of legs of one partition. Anything that
 cannot be read, or names an account this partition does not own, becomes a dead letter with
 the original bytes and headers saying why; when a `command_id` can be read, a rejection
-result goes back to the client too. A record over `RECORD_BYTES_MAX` is not read at all.
+result goes back to the client too. A record over `RECORD_BYTES_MAX` is not decided: its
+commands whose `command_id` can be read are rejected (`invalid_command`), the rest only
+dead-lettered; one over `RECORD_PARSE_BYTES_MAX` is not even parsed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ DEADLETTER_HEADERS = ("source_topic", "source_partition", "source_offset", "erro
 # A record over this is refused unread. Writers send legs in records of at most 500 and
 # clients batch 500 commands a record, far below it.
 RECORD_BYTES_MAX = 1024 * 1024
+RECORD_PARSE_BYTES_MAX = 16 * 1024 * 1024  # read only to answer the ids of an oversize record
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,8 @@ def read_record(record: Record, is_here: Callable[[str], bool]) -> Intake:
         return Intake([], DeadLetter(record, "empty message value"))
     if len(value) > RECORD_BYTES_MAX:
         error = f"record of {len(value)} bytes is over the limit of {RECORD_BYTES_MAX} bytes"
-        return Intake([], DeadLetter(record, error))
+        replies = () if record.is_leg else _oversize_rejections(value, error)
+        return Intake([], DeadLetter(record, error, replies))
     try:
         if record.is_leg:
             messages: list[Any] = LEG_BATCH_ADAPTER.validate_json(value)
@@ -157,15 +161,39 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(problems)[:1000]
 
 
+def _oversize_rejections(value: bytes, error: str) -> tuple[Reply, ...]:
+    """Rejections for the commands of a record too large to decide, so that their clients
+    are answered rather than left to time out."""
+    if len(value) > RECORD_PARSE_BYTES_MAX:
+        return ()
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return ()
+    items = parsed if isinstance(parsed, list) else [parsed]
+    replies = []
+    for item in items[:COMMAND_BATCH_MAX]:
+        if isinstance(item, dict) and isinstance(item.get("command_id"), str):
+            partition = _reply_partition(item)
+            replies.append(
+                _rejection(item["command_id"][:128], "invalid_command", error, partition)
+            )
+    return tuple(replies)
+
+
+def _reply_partition(item: dict[str, Any]) -> int | None:
+    partition = item.get("reply_partition")
+    if not isinstance(partition, int) or isinstance(partition, bool) or partition < 0:
+        return None
+    return partition
+
+
 def _rejection_of(item: Any, error: ValidationError) -> Reply | None:
     """The rejection of a refused command, when its command_id can still be read."""
     if not isinstance(item, dict) or not isinstance(item.get("command_id"), str):
         return None
-    partition = item.get("reply_partition")
-    if not isinstance(partition, int) or isinstance(partition, bool) or partition < 0:
-        partition = None
     command_id = item["command_id"][:128]
-    return _rejection(command_id, _code_for(error), _describe(error), partition)
+    return _rejection(command_id, _code_for(error), _describe(error), _reply_partition(item))
 
 
 # Fields whose own validation failing has a code of its own.

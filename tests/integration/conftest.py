@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ledger_stream.kafka.broker import EmbeddedBroker, free_port
 from ledger_stream.local import FAST_GROUP_ENV, WorkerProcess
 from ledger_stream.settings import Settings
-from ledger_stream.topics import ensure_topics
 
 _HERE = Path(__file__).resolve().parent
 
-#: Partitions of every ledger the integration tests create.
-PARTITIONS = 4
 WORKER_READY_TIMEOUT_S = 90.0
 
 
@@ -25,17 +19,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _HERE in item.path.resolve().parents:
             item.add_marker(pytest.mark.integration)
-
-
-@pytest.fixture(scope="session")
-def broker() -> Iterator[EmbeddedBroker]:
-    """One embedded broker on a free port for the whole session, stopped by pid at the end."""
-    embedded = EmbeddedBroker(port=free_port())
-    embedded.start()
-    try:
-        yield embedded
-    finally:
-        embedded.stop()
 
 
 class LedgerWorkers:
@@ -78,29 +61,6 @@ class LedgerWorkers:
     def stop_all(self) -> None:
         for worker in reversed(self.started):
             worker.stop()
-
-
-def _new_ledger(broker: EmbeddedBroker) -> Settings:
-    """Settings of a ledger of its own (a fresh topic prefix) whose topics exist."""
-    settings = Settings(
-        bootstrap_servers=broker.bootstrap,
-        topic_prefix=f"t{uuid.uuid4().hex[:12]}.",
-        partitions=PARTITIONS,
-    )
-    asyncio.run(ensure_topics(settings))
-    return settings
-
-
-@pytest.fixture(scope="module")
-def module_ledger(broker: EmbeddedBroker) -> Settings:
-    """A ledger (own topic prefix, topics created) shared by the tests of one module."""
-    return _new_ledger(broker)
-
-
-@pytest.fixture
-def ledger(broker: EmbeddedBroker) -> Settings:
-    """A ledger (own topic prefix, topics created) for one test."""
-    return _new_ledger(broker)
 
 
 @pytest.fixture(scope="module")

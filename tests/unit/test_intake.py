@@ -11,6 +11,7 @@ from ledger_stream.core import Incoming
 from ledger_stream.intake import (
     DEADLETTER_HEADERS,
     RECORD_BYTES_MAX,
+    RECORD_PARSE_BYTES_MAX,
     DeadLetter,
     Record,
     read_record,
@@ -345,23 +346,26 @@ LEG = {
     "currency": "USD",
 }
 
-# (case, value, is_leg, size) of records over the limit, each one readable but for its size
+# (case, value, is_leg, size, ids answered) of records over the limit
 OVERSIZE = [
-    ("a command one byte over", encode(deposit()), False, RECORD_BYTES_MAX + 1),
-    ("a batch of commands", encode([deposit()]), False, 4 * RECORD_BYTES_MAX),
-    ("a record of legs", encode([LEG]), True, RECORD_BYTES_MAX + 1),
+    ("a command one byte over", encode(deposit()), False, RECORD_BYTES_MAX + 1, ["c1"]),
+    ("a batch of commands", encode([deposit()]), False, 4 * RECORD_BYTES_MAX, ["c1"]),
+    ("garbage", b"{not json", False, RECORD_BYTES_MAX + 1, []),
+    ("too large to parse", encode(deposit()), False, RECORD_PARSE_BYTES_MAX + 1, []),
+    ("a record of legs", encode([LEG]), True, RECORD_BYTES_MAX + 1, []),
 ]
 
 
 @pytest.mark.parametrize(
-    ("case", "value", "is_leg", "size"), OVERSIZE, ids=[row[0] for row in OVERSIZE]
+    ("case", "value", "is_leg", "size", "answered"), OVERSIZE, ids=[row[0] for row in OVERSIZE]
 )
-def test_a_record_over_the_size_limit_is_a_dead_letter_without_being_read(
-    case: str, value: bytes, is_leg: bool, size: int
+def test_a_record_over_the_size_limit_is_a_dead_letter_and_its_commands_are_rejected(
+    case: str, value: bytes, is_leg: bool, size: int, answered: list[str]
 ) -> None:
     letter = dead_letter(padded(value, size), is_leg=is_leg)
     assert letter.error == (f"record of {size} bytes is over the limit of {RECORD_BYTES_MAX} bytes")
-    assert letter.replies == ()  # not parsed, so no command id to answer
+    assert [reply.result.command_id for reply in letter.replies] == answered
+    assert all(reply.result.code == "invalid_command" for reply in letter.replies)
     assert letter.record.value is not None and len(letter.record.value) == size
 
 
