@@ -48,6 +48,7 @@ class Tally:
     results: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
     unanswered: list[str] = field(default_factory=list)
+    exits: list[str] = field(default_factory=list)  # the last log line of each worker that exited
 
 
 def run_soak(args: argparse.Namespace) -> int:
@@ -102,6 +103,7 @@ async def _soak(
         "results": dict(tally.results),
         "faults": dict(tally.faults),
         "unanswered": tally.unanswered[:20],
+        "exits": tally.exits,
         "audit_ok": report.ok,
         "audit": report.as_dict(),
     }
@@ -200,7 +202,9 @@ async def _faults(
             _signal(worker, signal.SIGCONT)
         for other, running in enumerate(ledger.workers):
             if not running.alive():  # fenced (exit 76) after a pause, or any exit
-                tally.faults[f"exited {running.process and running.process.returncode}"] += 1
+                code = running.process.returncode if running.process else None
+                tally.faults[f"exited {code}"] += 1
+                tally.exits.append(f"worker {other} exit {code}: {running.log_tail(1)}")
                 restart(other, wipe=False)
     for other, running in enumerate(ledger.workers):
         if not running.alive():
