@@ -46,6 +46,7 @@ async def test_topics_are_created_with_partition_counts_and_cleanup_policies(
         names.journal: (3, "compact"),
         names.results: (3, "delete"),
         names.deadletter: (1, "delete"),
+        names.state: (3, "delete"),  # never compacted: a void commit must not win
     }
     assert await ensure_topics(settings) == []  # a second worker creates nothing
 
