@@ -21,6 +21,7 @@ STALLED = Gauge(
 LAG = Gauge(
     "ledger_input_lag_records", "Input records not yet acknowledged", ["topic", "partition"]
 )
+OWNED = Gauge("ledger_worker_partitions", "Input partitions this worker is assigned")
 WATCH_INTERVAL_S = 1.0
 
 
@@ -30,6 +31,8 @@ class Progress:
         self.acked: dict[TopicPartition, int] = {}  # next input offset to acknowledge
         self.moved_at: dict[TopicPartition, float] = {}
         self.warned_at: dict[TopicPartition, float] = {}
+        self.unassigned_since: float | None = time.monotonic()
+        self.unassigned_warned_at = float("-inf")
 
     def acknowledged(self, tp: TopicPartition, next_offset: int) -> None:
         self.acked[tp] = next_offset
@@ -45,6 +48,7 @@ class Progress:
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
             assigned = consumer.assignment()
+            self._look_at_assignment(len(assigned), time.monotonic())
             for tp, acked in list(self.acked.items()):
                 highwater = consumer.highwater(tp) if tp in assigned else None
                 if highwater is not None:
@@ -64,5 +68,26 @@ class Progress:
                 tp.topic,
                 tp.partition,
                 waiting,
+                idle_s,
+            )
+
+    def _look_at_assignment(self, assigned: int, now: float) -> None:
+        """A worker with no partitions for long is idle by design (more workers than
+        partitions) or waiting on a rebalance that does not finish: say so, either way."""
+        OWNED.set(assigned)
+        if assigned:
+            self.unassigned_since = None
+            return
+        if self.unassigned_since is None:
+            self.unassigned_since = now
+        idle_s = now - self.unassigned_since
+        if (
+            idle_s >= self.stall_timeout_s
+            and now - self.unassigned_warned_at >= self.stall_timeout_s
+        ):
+            self.unassigned_warned_at = now
+            logger.warning(
+                "no partitions assigned for %.0f s: more workers than partitions, or the "
+                "consumer group cannot finish a rebalance (ledger_worker_partitions is 0)",
                 idle_s,
             )
