@@ -24,8 +24,8 @@ import os
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -36,7 +36,13 @@ from prometheus_client import Counter, Histogram
 
 import ledger_stream.kafka.group  # noqa: F401  (leave the group properly on the embedded broker)
 from agents.progress import Progress
-from ledger_stream.core import Incoming, accounts_to_prefetch, decide, outcomes_to_prefetch
+from ledger_stream.core import (
+    Decision,
+    Incoming,
+    accounts_to_prefetch,
+    decide,
+    outcomes_to_prefetch,
+)
 from ledger_stream.errors import LedgerError
 from ledger_stream.faults import Faults
 from ledger_stream.intake import DeadLetter, Record, read_record
@@ -47,7 +53,7 @@ from ledger_stream.messages import AccountState, Outcome
 from ledger_stream.outputs import Outbox
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
-from ledger_stream.state.log import Commit, Fenced, PartitionLog, encode
+from ledger_stream.state.log import Fenced, PartitionLog, commit_bytes_max
 from ledger_stream.state.store import Changes, PartitionStore
 from ledger_stream.topics import STATE_RECORD_BYTES_MAX, TopicNames
 
@@ -74,8 +80,8 @@ COMMIT_INPUTS_MAX = 5000  # inputs decided into one state record, before any siz
 class Piece:
     """One commit's worth of a partition's batch: its changes, and the outputs they bring."""
 
-    commit: Commit
-    outbox: Outbox = field(default_factory=Outbox)
+    changes: Changes
+    outbox: Outbox
 
 
 class Writer:
@@ -84,7 +90,9 @@ class Writer:
         self.topics = TopicNames.from_settings(settings)
         self.faults = Faults(settings.fault_point, settings.fault_after, settings.fault_action)
         self.writer_id = uuid.uuid4().hex  # one per process incarnation
-        self.identity = f"{settings.bootstrap_servers}/{self.topics.state}/{settings.partitions}"
+        # Which ledger a local store mirrors; which incarnation of its log, the store checks
+        # against the log itself (state/log.py). Not the bootstrap list: it may change.
+        self.identity = f"{self.topics.state}/{settings.partitions}"
         self.logs: dict[int, PartitionLog] = {}
         self.lock = asyncio.Lock()  # one batch or one rebalance at a time
         self.reading = asyncio.Lock()  # the state logs take turns with the one reader
@@ -201,10 +209,10 @@ class Writer:
     ) -> None:
         started = time.perf_counter()
         owned = {tp: records for tp, records in batch.items() if tp.partition in self.logs}
-        pieces: list[tuple[PartitionLog, Piece]] = []
+        decided: dict[int, list[Piece]] = {}
         for number, records in _by_partition(owned).items():
             try:
-                pieces += [(self.logs[number], p) for p in self._decide_partition(number, records)]
+                decided[number] = self._decide_partition(number, records)
             except Exception:
                 span = ", ".join(f"{r.topic}@{r.offset}" for r in records[:3])
                 _stop_worker(
@@ -213,11 +221,12 @@ class Writer:
                     "without acknowledging the batch, so a fixed worker decides it again",
                 )
         await self.faults.passed("decided")
-        await self._commit(pieces)
+        await self._commit(decided)
         await self.faults.passed("applied")
         outbox = Outbox()
-        for _, piece in pieces:
-            _extend(outbox, piece.outbox)
+        for pieces in decided.values():
+            for piece in pieces:
+                outbox.extend(piece.outbox)
         await self._send_outputs(outbox)
         await self.faults.passed("outputs-sent")
         await self._acknowledge(owned)
@@ -229,88 +238,52 @@ class Writer:
     def _decide_partition(
         self, number: int, records: list[ConsumerRecord[Any, Any]]
     ) -> list[Piece]:
+        """Decide a partition's records in pieces, each small enough for one state record;
+        later pieces see what earlier ones changed."""
         n = self.settings.partitions
 
         def is_here(account: str) -> bool:
             return partition_of(account, n) == number
 
         inputs: list[Incoming] = []
-        letters: list[DeadLetter] = []
+        letters = Outbox()
         for record in records:
             read = read_record(_record(record, self.topics.legs), is_here)
             inputs.extend(read.inputs)
             if read.dead_letter is not None:
-                letters.append(read.dead_letter)
+                letters.dead_letters.append(read.dead_letter)
+                letters.results.extend(read.dead_letter.replies)
         BATCH_SIZE.observe(len(inputs))
-        store = self.logs[number].store
-        overlay = _Overlay(store)
+        overlay = _Overlay(self.logs[number].store)
         pieces: list[Piece] = []
-        start = 0
-        size = COMMIT_INPUTS_MAX
+        start, size = 0, COMMIT_INPUTS_MAX
         while start < len(inputs):
             chunk = inputs[start : start + size]
-            piece = self._decide_piece(number, chunk, overlay, is_here)
-            value_size = len(encode("commit", 0, self.writer_id, piece.commit))
-            if value_size > STATE_RECORD_BYTES_MAX and len(chunk) > 1:
-                size = max(1, len(chunk) // 2)  # too big for one record: decide less at once
+            decision = overlay.decide(chunk, is_here)
+            changes = _serialized(decision)
+            if commit_bytes_max(changes) > STATE_RECORD_BYTES_MAX:
+                if len(chunk) == 1:
+                    raise LedgerError(f"one input changes more than {STATE_RECORD_BYTES_MAX} bytes")
+                size = len(chunk) // 2  # too big for one record: decide less at once
                 continue
-            if value_size > STATE_RECORD_BYTES_MAX:
-                raise LedgerError(f"one input makes a state record of {value_size} bytes")
-            overlay.take(piece)
-            pieces.append(piece)
+            overlay.take(decision)
+            pieces.append(Piece(changes, _outbox(number, decision)))
             start += len(chunk)
-        if letters:
-            if not pieces:
-                pieces.append(Piece(Commit(Changes({}, {}, None), {})))
-            pieces[-1].outbox.dead_letters.extend(letters)
-            for letter in letters:
-                pieces[-1].outbox.results.extend(letter.replies)
-        if pieces:
-            pieces[-1].commit.inputs = _next_offsets(records)
+        pieces.append(Piece(Changes({}, {}), letters))  # sent after the decisions, not committed
         return pieces
 
-    def _decide_piece(
-        self, number: int, inputs: Sequence[Incoming], overlay: _Overlay, is_here: Any
-    ) -> Piece:
-        names = {name for item in inputs for name in accounts_to_prefetch(item.message, is_here)}
-        keys = {key for item in inputs for key in outcomes_to_prefetch(item.message)}
-        decision = decide(
-            {name: overlay.account(name) for name in names},
-            {key: overlay.outcome(key) for key in keys},
-            inputs,
-            is_here,
-            overlay.head,
-        )
-        changes = Changes(
-            {name: state.model_dump_json().encode() for name, state in decision.accounts.items()},
-            {key: outcome.model_dump_json().encode() for key, outcome in decision.outcomes.items()},
-            decision.head,
-        )
-        outbox = Outbox(
-            journal=[(number, event) for event in decision.journal],
-            results=list(decision.results),
-            legs=list(decision.legs),
-            dead_letters=[_refused_letter(item, reason) for item, reason in decision.refused],
-        )
-        return Piece(Commit(changes, {}), outbox)
+    async def _commit(self, decided: dict[int, list[Piece]]) -> None:
+        """Steps 3 and 4: every partition's pieces, in order; partitions side by side."""
 
-    async def _commit(self, pieces: list[tuple[PartitionLog, Piece]]) -> None:
-        """Step 3 and 4: every partition's pieces, in order; partitions side by side."""
-        by_log: dict[int, list[Piece]] = defaultdict(list)
-        logs: dict[int, PartitionLog] = {}
-        for log, piece in pieces:
-            if _worth_committing(piece):
-                by_log[log.partition].append(piece)
-                logs[log.partition] = log
-
-        async def commit_all(log: PartitionLog, todo: list[Piece]) -> None:
-            for piece in todo:
-                await log.commit(piece.commit)
-                COMMITS.inc()
-                await self.faults.passed("between-commits")
+        async def commit_all(log: PartitionLog, pieces: list[Piece]) -> None:
+            for piece in pieces:
+                if piece.changes.accounts or piece.changes.outcomes:
+                    await log.commit(piece.changes)
+                    COMMITS.inc()
+                    await self.faults.passed("between-commits")
 
         try:
-            await asyncio.gather(*(commit_all(logs[p], todo) for p, todo in by_log.items()))
+            await asyncio.gather(*(commit_all(self.logs[p], todo) for p, todo in decided.items()))
         except Fenced as error:
             _stop_worker(EXIT_FENCED, f"{error}; stopping without sending this batch's outputs")
         await self.faults.passed("committed")
@@ -409,7 +382,8 @@ class _Listener(ConsumerRebalanceListener):
 
 
 class _Overlay:
-    """A partition's state as the pieces decided so far in this batch leave it."""
+    """A partition's state as the pieces decided so far in this batch leave it: read from the
+    store once per key, then kept as the models `decide` returned."""
 
     def __init__(self, store: PartitionStore) -> None:
         self.store = store
@@ -417,45 +391,50 @@ class _Overlay:
         self.outcomes: dict[str, Outcome | None] = {}
         self.head = store.head
 
-    def account(self, name: str) -> AccountState | None:
+    def decide(self, inputs: Sequence[Incoming], is_here: Callable[[str], bool]) -> Decision:
+        names = {name for item in inputs for name in accounts_to_prefetch(item.message, is_here)}
+        keys = {key for item in inputs for key in outcomes_to_prefetch(item.message)}
+        return decide(
+            {name: self._account(name) for name in names},
+            {key: self._outcome(key) for key in keys},
+            inputs,
+            is_here,
+            self.head,
+        )
+
+    def take(self, decision: Decision) -> None:
+        self.accounts.update(decision.accounts)
+        self.outcomes.update(decision.outcomes)
+        self.head = decision.head
+
+    def _account(self, name: str) -> AccountState | None:
         if name not in self.accounts:
             raw = self.store.account(name)
             self.accounts[name] = None if raw is None else AccountState.model_validate_json(raw)
         return self.accounts[name]
 
-    def outcome(self, key: str) -> Outcome | None:
+    def _outcome(self, key: str) -> Outcome | None:
         if key not in self.outcomes:
             raw = self.store.outcome(key)
             self.outcomes[key] = None if raw is None else Outcome.model_validate_json(raw)
         return self.outcomes[key]
 
-    def take(self, piece: Piece) -> None:
-        changes = piece.commit.changes
-        for name, raw in changes.accounts.items():
-            self.accounts[name] = AccountState.model_validate_json(raw)
-        for key, raw in changes.outcomes.items():
-            self.outcomes[key] = Outcome.model_validate_json(raw)
-        if changes.head is not None:
-            self.head = changes.head
+
+def _serialized(decision: Decision) -> Changes:
+    return Changes(
+        {name: state.model_dump_json().encode() for name, state in decision.accounts.items()},
+        {key: outcome.model_dump_json().encode() for key, outcome in decision.outcomes.items()},
+        decision.head,
+    )
 
 
-def _worth_committing(piece: Piece) -> bool:
-    changes = piece.commit.changes
-    return bool(changes.accounts or changes.outcomes)
-
-
-def _extend(outbox: Outbox, more: Outbox) -> None:
-    outbox.journal += more.journal
-    outbox.results += more.results
-    outbox.legs += more.legs
-    outbox.dead_letters += more.dead_letters
-
-
-def _next_offsets(records: Sequence[ConsumerRecord[Any, Any]]) -> dict[str, int]:
-    offsets: dict[str, int] = {}
-    for record in records:
-        offsets[record.topic] = max(offsets.get(record.topic, 0), record.offset + 1)
-    return offsets
+def _outbox(number: int, decision: Decision) -> Outbox:
+    return Outbox(
+        journal=[(number, event) for event in decision.journal],
+        results=list(decision.results),
+        legs=list(decision.legs),
+        dead_letters=[_refused_letter(item, reason) for item, reason in decision.refused],
+    )
 
 
 def _by_partition(

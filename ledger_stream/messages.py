@@ -287,9 +287,6 @@ class StateRecord(Message):
     accounts: dict[str, AccountState] = Field(default_factory=dict)
     outcomes: dict[str, Outcome] = Field(default_factory=dict)
     head: JournalHead | None = Field(default=None, description="Journal chain after the commit")
-    inputs: dict[str, int] = Field(
-        default_factory=dict, description="Next input offset per topic, after the commit"
-    )
 
 
 # Message models whose JSON Schema is published in schemas/, by file stem.

@@ -34,6 +34,12 @@ class Outbox:
     legs: list[Leg] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
+    def extend(self, more: Outbox) -> None:
+        self.journal += more.journal
+        self.results += more.results
+        self.legs += more.legs
+        self.dead_letters += more.dead_letters
+
     def records(self, topics: TopicNames, partitions: int) -> Iterator[OutRecord]:
         for partition, event in self.journal:
             yield OutRecord(topics.journal, partition, event.entry_id.encode(), _json(event))

@@ -31,47 +31,27 @@ async def send_records(
     producer: AIOKafkaProducer,
     records: Iterable[OutRecord],
     on_first_ack: Callable[[], None] | None = None,
-) -> dict[tuple[str, int], int]:
+) -> None:
     """Send `records` (in order within each topic partition) and wait for every ack;
     `on_first_ack` is called once the first batch is acked and others may not be.
-
-    Returns the offset of the last record written to each (topic, partition).
     """
     groups: dict[tuple[str, int], list[OutRecord]] = defaultdict(list)
     for record in records:
         groups[(record.topic, record.partition)].append(record)
-    pending: list[tuple[tuple[str, int], int, asyncio.Future[RecordMetadata]]] = []
+    pending: list[asyncio.Future[RecordMetadata]] = []
     for (topic, partition), group in groups.items():
         batch = producer.create_batch()
-        count = 0
         for record in group:
-            appended = batch.append(
-                key=record.key, value=record.value, timestamp=None, headers=record.headers or []
-            )
-            if appended is None:  # batch full: send it and start the next one
-                future = await producer.send_batch(batch, topic, partition=partition)
-                pending.append(((topic, partition), count, future))
-                batch, count = producer.create_batch(), 0
-                appended = batch.append(
-                    key=record.key,
-                    value=record.value,
-                    timestamp=None,
-                    headers=record.headers or [],
-                )
-                if appended is None:
+            fields = {"key": record.key, "value": record.value, "headers": record.headers or []}
+            if batch.append(timestamp=None, **fields) is None:  # full: send it, start anew
+                pending.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                if batch.append(timestamp=None, **fields) is None:
                     raise ValueError(
                         f"a record for {topic} is larger than the producer's max_batch_size"
                     )
-            count += 1
-        future = await producer.send_batch(batch, topic, partition=partition)
-        pending.append(((topic, partition), count, future))
+        pending.append(await producer.send_batch(batch, topic, partition=partition))
     if on_first_ack is not None and pending:
-        await asyncio.wait(
-            [future for _, _, future in pending], return_when=asyncio.FIRST_COMPLETED
-        )
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         on_first_ack()
-    metadata = await asyncio.gather(*(future for _, _, future in pending))
-    last: dict[tuple[str, int], int] = {}
-    for (tp, count, _), meta in zip(pending, metadata, strict=True):
-        last[tp] = max(last.get(tp, -1), meta.offset + count - 1)
-    return last
+    await asyncio.gather(*pending)

@@ -43,23 +43,24 @@ class Fenced(LedgerError):
     """Another writer claimed the partition: this one must stop without sending outputs."""
 
 
-@dataclass
-class Commit:
-    """One decided batch's state changes for one partition, serialized, and what it read."""
-
-    changes: Changes
-    inputs: dict[str, int]
+# Bytes of a commit record besides its keys and values: kind, expect, writer, head, braces.
+_RECORD_OVERHEAD_BYTES_MAX = 1024
 
 
-def encode(kind: str, expect: int, writer: str, commit: Commit | None = None) -> bytes:
+def commit_bytes_max(changes: Changes) -> int:
+    """An upper bound of the size `encode` gives `changes`, without encoding them: keys are
+    identifiers (nothing to escape), values are JSON already."""
+    items = (*changes.accounts.items(), *changes.outcomes.items())
+    return _RECORD_OVERHEAD_BYTES_MAX + sum(len(key) + len(value) + 4 for key, value in items)
+
+
+def encode(kind: str, expect: int, writer: str, changes: Changes | None = None) -> bytes:
     """A `StateRecord` as JSON, built from the already serialized account and outcome values."""
     parts = [b'{"kind":', orjson.dumps(kind), b',"expect":', str(expect).encode()]
     parts += [b',"writer":', orjson.dumps(writer)]
-    if commit is not None:
-        changes = commit.changes
+    if changes is not None:
         if changes.head is not None:
             parts += [b',"head":', changes.head.model_dump_json().encode()]
-        parts += [b',"inputs":', orjson.dumps(commit.inputs)]
         for name, values in (("accounts", changes.accounts), ("outcomes", changes.outcomes)):
             items = b",".join(orjson.dumps(key) + b":" + value for key, value in values.items())
             parts += [b',"', name.encode(), b'":{', items, b"}"]
@@ -129,15 +130,15 @@ class PartitionLog:
             f"{APPEND_ATTEMPTS_MAX} attempts: other writers keep appending to it"
         )
 
-    async def commit(self, commit: Commit) -> None:
-        """Append `commit` where this writer's log ends and apply it locally, or raise
+    async def commit(self, changes: Changes) -> None:
+        """Append `changes` where this writer's log ends and apply them locally, or raise
         `Fenced` when another writer has claimed the partition since."""
         for _ in range(APPEND_ATTEMPTS_MAX):
             expect = self.store.position.next_offset
-            value = encode("commit", expect, self.writer, commit)
+            value = encode("commit", expect, self.writer, changes)
             landed = await self.append(self.partition, value)
             if landed == expect:
-                self.store.apply(commit.changes, Position(landed + 1, digest(value)))
+                self.store.apply(changes, Position(landed + 1, digest(value)))
                 return
             read = await self._catch_up(expect, landed + 1)
             if read.others:

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 from ledger_stream.kafka.reading import read_topic, reader
 from ledger_stream.messages import JournalHead
 from ledger_stream.settings import Settings
-from ledger_stream.state.log import Commit, Fenced, PartitionLog, encode
+from ledger_stream.state.log import Fenced, PartitionLog, encode
 from ledger_stream.state.store import Changes, PartitionStore, Position
 from ledger_stream.topics import TopicNames, ensure_topics
 
@@ -94,17 +94,16 @@ async def new_ledger(settings: Settings) -> Settings:
     return other
 
 
-def commit_of(seq: int, *accounts: str) -> Commit:
+def commit_of(seq: int, *accounts: str) -> Changes:
     """A commit that sets `accounts`, records the outcome of command `seq` and moves the
     journal head to `seq`."""
     account = b'{"currency":"USD","seq":%d}' % seq
     outcome = b'{"fingerprint":"f%d"}' % seq
-    changes = Changes(
+    return Changes(
         {name: account for name in accounts},
         {f"cmd:{seq}": outcome},
         JournalHead(seq=seq, hash=f"h{seq}"),
     )
-    return Commit(changes, {"t.commands": seq})
 
 
 def held(store: PartitionStore) -> Held:
@@ -117,15 +116,15 @@ def held(store: PartitionStore) -> Held:
     return store.accounts(), outcomes, store.head
 
 
-def expected(*commits: Commit) -> Held:
+def expected(*commits: Changes) -> Held:
     """What a store holds after applying `commits` in order."""
     accounts: dict[str, bytes] = {}
     outcomes: dict[str, bytes] = {}
     head = JournalHead()
     for commit in commits:
-        accounts.update(commit.changes.accounts)
-        outcomes.update(commit.changes.outcomes)
-        head = commit.changes.head or head
+        accounts.update(commit.accounts)
+        outcomes.update(commit.outcomes)
+        head = commit.head or head
     return accounts, outcomes, head
 
 
@@ -375,7 +374,7 @@ async def test_a_commit_whose_ack_was_lost_is_recognised_as_landed_and_applied_o
         append.lose_next_ack = True
         await log.commit(first)  # lands at 1, and again at 2: the offset it is told
         assert log.store.position.next_offset == 3
-        assert applied == [first.changes]
+        assert applied == [first]
         assert held(log.store) == expected(first)
 
         await log.commit(second)
