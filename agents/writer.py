@@ -95,7 +95,6 @@ class Writer:
         self.identity = f"{self.topics.state}/{settings.partitions}"
         self.logs: dict[int, PartitionLog] = {}
         self.lock = asyncio.Lock()  # one batch or one rebalance at a time
-        self.reading = asyncio.Lock()  # the state logs take turns with the one reader
         self.ready = asyncio.Event()
         self.progress = Progress(settings.stall_timeout_s)
         self.producer: AIOKafkaProducer | None = None
@@ -189,7 +188,6 @@ class Writer:
             self.writer_id,
             self.reader,
             self._append,
-            self.reading,
         )
         await log.restore()
         return log

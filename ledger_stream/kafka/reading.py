@@ -4,11 +4,16 @@ The end is the high watermark of a Fetch response, never ListOffsets alone: the 
 broker (Tansu) answers ListOffsets(latest) with the base offset of the last record batch + 1,
 so a reader that trusted it would stop short of the last records of a batch. The end is
 taken once, when the read starts; records written after that are not waited for.
+
+A reader may be shared (the writer's state logs share one): each read assigns the reader
+the partitions it reads, so reads of one reader take turns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -21,6 +26,13 @@ POLL_MS = 200
 RECORDS_PER_POLL_MAX = 10_000
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+
+_turns: weakref.WeakKeyDictionary[AIOKafkaConsumer, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _turn(consumer: AIOKafkaConsumer) -> asyncio.Lock:
+    """The lock that makes the reads of one reader take turns."""
+    return _turns.setdefault(consumer, asyncio.Lock())
 
 
 def reader(bootstrap_servers: str, **options: Any) -> AIOKafkaConsumer:
@@ -45,6 +57,13 @@ async def true_ends(
     """
     if not partitions:
         return {}
+    async with _turn(consumer):
+        return await _true_ends(consumer, partitions)
+
+
+async def _true_ends(
+    consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]
+) -> dict[TopicPartition, int]:
     listed = await consumer.end_offsets(list(partitions))
     consumer.assign(list(partitions))
     ends: dict[TopicPartition, int] = {}
@@ -73,20 +92,21 @@ async def read_range(
     pending = {tp for tp in starts if starts[tp] < ends[tp]}
     if not pending:
         return
-    consumer.assign(list(pending))
-    for tp in pending:
-        consumer.seek(tp, starts[tp])
-    while pending:
-        batches = await consumer.getmany(
-            *pending, timeout_ms=POLL_MS, max_records=RECORDS_PER_POLL_MAX
-        )
-        for tp, records in batches.items():
-            wanted = [r for r in records if r.offset < ends[tp]]
-            if wanted:
-                yield wanted
-        for tp in list(pending):
-            if await consumer.position(tp) >= ends[tp]:
-                pending.discard(tp)
+    async with _turn(consumer):
+        consumer.assign(list(pending))
+        for tp in pending:
+            consumer.seek(tp, starts[tp])
+        while pending:
+            batches = await consumer.getmany(
+                *pending, timeout_ms=POLL_MS, max_records=RECORDS_PER_POLL_MAX
+            )
+            for tp, records in batches.items():
+                wanted = [r for r in records if r.offset < ends[tp]]
+                if wanted:
+                    yield wanted
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
 
 
 async def read_topic(

@@ -17,7 +17,6 @@ a void value over a valid one.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -90,24 +89,20 @@ class PartitionLog:
         writer: str,
         reader: AIOKafkaConsumer,
         append: Append,
-        reading: asyncio.Lock | None = None,
     ) -> None:
-        """`reader` may serve several partitions' logs if they share `reading`: a read
-        assigns the reader the one partition it reads, so reads take turns."""
+        """`reader` may serve the logs of several partitions (reads take turns)."""
         self.tp = TopicPartition(topic, partition)
         self.partition = partition
         self.store = store
         self.writer = writer
         self.reader = reader
         self.append = append
-        self.reading = reading or asyncio.Lock()
 
     async def restore(self) -> None:
         """Bring the local store to the true end of the log, then claim the partition."""
-        async with self.reading:
-            end = (await true_ends(self.reader, [self.tp]))[self.tp]
-            start = (await self.reader.beginning_offsets([self.tp]))[self.tp]
-            await self._check_local(start, end)
+        end = (await true_ends(self.reader, [self.tp]))[self.tp]
+        start = (await self.reader.beginning_offsets([self.tp]))[self.tp]
+        await self._check_local(start, end)
         caught_up = await self._catch_up(self.store.position.next_offset, end)
         logger.info(
             "partition %d: state restored to offset %d (%d void records skipped)",
@@ -160,7 +155,7 @@ class PartitionLog:
         )
 
     async def _check_local(self, start: int, end: int) -> None:
-        """Wipe the local store when it is not a prefix of this log (under `reading`)."""
+        """Wipe the local store when it is not a prefix of this log."""
         position = self.store.position
         if position.next_offset == 0:
             return
@@ -186,16 +181,15 @@ class PartitionLog:
         read = _Read(Changes({}, {}))
         position = self.store.position
         pending = 0
-        async with self.reading:
-            async for records in read_range(self.reader, {self.tp: start}, {self.tp: end}):
-                for record in records:
-                    value = record.value or b""
-                    self._read_one(record.offset, value, read)
-                    position = Position(record.offset + 1, digest(value))
-                    pending += 1
-                    if pending >= APPLY_RECORDS_MAX:
-                        self.store.apply(read.changes, position)
-                        read.changes, pending = Changes({}, {}), 0
+        async for records in read_range(self.reader, {self.tp: start}, {self.tp: end}):
+            for record in records:
+                value = record.value or b""
+                self._read_one(record.offset, value, read)
+                position = Position(record.offset + 1, digest(value))
+                pending += 1
+                if pending >= APPLY_RECORDS_MAX:
+                    self.store.apply(read.changes, position)
+                    read.changes, pending = Changes({}, {}), 0
         self.store.apply(read.changes, position)
         return read
 
