@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 STALLED = Gauge(
     "ledger_partition_stalled",
     "1 while a partition has input waiting and makes no progress",
-    ["partition"],
+    ["topic", "partition"],
 )
 LAG = Gauge(
     "ledger_input_lag_records", "Input records not yet acknowledged", ["topic", "partition"]
@@ -41,7 +41,7 @@ class Progress:
     def forget(self, tp: TopicPartition) -> None:
         for table in (self.acked, self.moved_at, self.warned_at):
             table.pop(tp, None)
-        STALLED.labels(str(tp.partition)).set(0)
+        STALLED.labels(tp.topic, str(tp.partition)).set(0)
 
     async def watch(self, consumer: AIOKafkaConsumer) -> None:
         """Runs until cancelled, looking once a second."""
@@ -60,7 +60,7 @@ class Progress:
             self.moved_at[tp] = now
         idle_s = now - self.moved_at.get(tp, now)
         stalled = waiting > 0 and idle_s >= self.stall_timeout_s
-        STALLED.labels(str(tp.partition)).set(1 if stalled else 0)
+        STALLED.labels(tp.topic, str(tp.partition)).set(1 if stalled else 0)
         if stalled and now - self.warned_at.get(tp, float("-inf")) >= self.stall_timeout_s:
             self.warned_at[tp] = now
             logger.warning(

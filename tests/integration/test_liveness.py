@@ -11,6 +11,7 @@ import asyncio
 from pathlib import Path
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from ledger_stream.client import LedgerClient
 from ledger_stream.local import FAST_GROUP_ENV, WorkerProcess
@@ -27,6 +28,16 @@ async def _metrics(worker: WorkerProcess) -> str:
         session.get(f"{worker.url}/metrics/") as response,
     ):
         return await response.text()
+
+
+def _stalled(metrics: str) -> dict[tuple[str, str], float]:
+    """ledger_partition_stalled by (topic, partition), from the Prometheus text format."""
+    return {
+        (sample.labels["topic"], sample.labels["partition"]): sample.value
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "ledger_partition_stalled"
+        for sample in family.samples
+    }
 
 
 async def test_a_stalled_partition_is_named_in_the_log_and_the_metric(
@@ -53,8 +64,10 @@ async def test_a_stalled_partition_is_named_in_the_log_and_the_metric(
         partition = partition_of("alice", ledger.partitions)
         line = f"partition {ledger.topic_prefix}commands-{partition} stalled"
         assert await asyncio.to_thread(worker.wait_for_log, line, WAIT_S), worker.log_tail()
-        metrics = await _metrics(worker)
-        assert f'ledger_partition_stalled{{partition="{partition}"}} 1.0' in metrics
+        stalled = _stalled(await _metrics(worker))
+        assert stalled[(f"{ledger.topic_prefix}commands", str(partition))] == 1.0
+        # the partition's legs have nothing waiting: they are not named (nor do they hide it)
+        assert stalled[(f"{ledger.topic_prefix}legs", str(partition))] == 0.0
         assert worker.alive()
     finally:
         worker.kill()
