@@ -123,6 +123,7 @@ class Writer:
             rebalance_timeout_ms=int(settings.rebalance_timeout_s * 1000),
             heartbeat_interval_ms=int(settings.heartbeat_interval_s * 1000),
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_wait_ms=settings.fetch_wait_ms,
         )
         for client in (self.producer, self.reader, self.consumer):
             await client.start()

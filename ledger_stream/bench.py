@@ -1,8 +1,14 @@
-"""`ledger-stream bench`: how many transfers a second the writers decide.
+"""`ledger-stream bench`: transfers a second, latency and cost, end to end.
 
-Accounts are opened and funded through LedgerClient; then transfers, serialised beforehand,
-go through the same client without waiting per command (it batches them per partition),
-and the results are counted as they arrive. It reports figures, never pass or fail.
+A transfer counts when its result is published; a cross-partition transfer is answered by
+its destination's writer once the credit leg has landed, so both legs are applied by then.
+Accounts are opened first (with an overdraft limit wide enough that no transfer is refused),
+then transfers are published through LedgerClient, either as fast as they are answered
+(closed loop: `--in-flight` outstanding at once) or at a fixed offered rate (open loop:
+`--rate`, latency counted from each transfer's scheduled time, so queueing shows). It reports
+figures, never pass or fail. `--compare` runs the same workload through the ledger, through
+the ledger with batching off, and through a row-locking PostgreSQL ledger
+(`bench_postgres.py`), and gives the ratios.
 """
 
 from __future__ import annotations
@@ -11,127 +17,372 @@ import argparse
 import asyncio
 import contextlib
 import json
-import random
+import os
+import platform
+import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ledger_stream.client import LedgerClient
-from ledger_stream.local import start_local_ledger
-from ledger_stream.settings import Settings
-from ledger_stream.topics import TopicNames
+from ledger_stream.local import LocalLedger, start_local_ledger
+from ledger_stream.measure import cpu_seconds, peak_rss_mib, percentiles, process_tree, rss_mib
+from ledger_stream.money import AMOUNT_MAX
+from ledger_stream.workload import Transfer, Workload
 
-COMMANDS_PER_RECORD = 500
+RECORD_COMMANDS_MAX = 500  # commands the client puts in one record, with batching on
+SETUP_CHUNK = 20_000  # accounts opened at once
+DRAIN_IDLE_S = 30.0  # waiting for the answers ends when none has come for this long
+
+
+@dataclass
+class Options:
+    workload: Workload
+    duration_s: float
+    rate: float | None  # open loop at this offered rate; None: closed loop
+    in_flight: int  # closed loop: transfers outstanding at once
+    workers: int
+    bootstrap: str | None
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    with contextlib.ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ledger-bench-")))
-        settings = start_local_ledger(
-            stack,
-            workdir,
-            name="bench",
-            bootstrap=args.bootstrap,
+    options = Options(
+        workload=Workload(
+            accounts=args.accounts,
             partitions=args.partitions,
-            workers=args.workers,
-        ).settings
-        figures = asyncio.run(_measure(args, settings))
-    figures["machine"] = _machine()
+            cross=args.cross,
+            hot=args.hot,
+            seed=args.seed,
+        ),
+        duration_s=args.duration,
+        rate=args.rate,
+        in_flight=args.in_flight,
+        workers=args.workers,
+        bootstrap=args.bootstrap,
+    )
+    runs: dict[str, dict[str, Any]] = {"ledger": measure_ledger(options, batching=True)}
+    if args.compare:
+        runs["ledger_unbatched"] = measure_ledger(options, batching=False)
+        runs["postgres"] = measure_postgres(options, clients=args.pg_clients)
+    figures: dict[str, Any] = {"machine": machine(), "options": _described(options), **runs}
+    if args.compare:
+        figures["ratios"] = ratios(runs)
+    print_figures(figures)
     if args.json:
         print(json.dumps(figures))
-    else:
-        for name, value in figures.items():
-            print(f"{name:28} {value}")
     return 0
 
 
-async def _measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    rng = random.Random(args.seed)
-    accounts = [f"bench-{i:06d}" for i in range(args.accounts)]
-    topics = TopicNames.from_settings(settings)
-    run = f"b{rng.randrange(1 << 30):x}-"
+# -- the ledger --------------------------------------------------------------------------------
+
+
+def measure_ledger(options: Options, *, batching: bool) -> dict[str, Any]:
+    name = "ledger" if batching else "ledger_unbatched"
+    # Batching off: one command per record, and one record per writer batch.
+    env = {} if batching else {"LEDGER_BATCH_SIZE_MAX": "1"}
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ledger-bench-")))
+        ledger = start_local_ledger(
+            stack,
+            workdir,
+            name="bench",
+            bootstrap=options.bootstrap,
+            partitions=options.workload.partitions,
+            workers=options.workers,
+            env=env,
+        )
+        figures = asyncio.run(_drive_ledger(name, options, ledger, batching))
+    return {"system": name, **figures}
+
+
+class _Answers:
+    """Watches the results: the latency of each transfer it was told of, once."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, float] = {}  # command id -> when it was published (or due)
+        self.latencies: list[float] = []
+        self.codes: Counter[str] = Counter()
+        self.last_at = 0.0
+        self.arrived = asyncio.Event()
+
+    def __call__(self, result: dict[str, Any]) -> None:
+        started = self.sent.pop(result.get("command_id", ""), None)
+        if started is None:
+            return
+        self.last_at = time.monotonic()
+        self.latencies.append(self.last_at - started)
+        self.codes[result.get("code") or result.get("status", "?")] += 1
+        self.arrived.set()
+
+    def reset(self) -> None:
+        self.latencies, self.codes = [], Counter()
+
+    async def drained(self) -> bool:
+        """Wait for the answers to what was sent, as long as they keep coming."""
+        while self.sent:
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), DRAIN_IDLE_S)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
+
+async def _drive_ledger(
+    name: str, options: Options, ledger: LocalLedger, batching: bool
+) -> dict[str, Any]:
+    settings = ledger.settings
+    answers = _Answers()
     async with LedgerClient(
         settings.bootstrap_servers,
         topic_prefix=settings.topic_prefix,
-        timeout_s=120,
-        batch_size_max=COMMANDS_PER_RECORD,
+        timeout_s=DRAIN_IDLE_S,
+        batch_size_max=RECORD_COMMANDS_MAX if batching else 1,
+        fetch_wait_ms=settings.fetch_wait_ms,
+        connect_attempts_max=20,
     ) as client:
-        await asyncio.gather(*(client.open_account(a, "USD") for a in accounts))
-        await asyncio.gather(*(client.deposit(a, 10**12, "USD") for a in accounts))
-        transfers = _transfers(rng, accounts, args.transfers, run, client.reply_partition)
-        reply = TopicPartition(topics.results, client.reply_partition)
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
-        await consumer.start()
-        try:
-            consumer.assign([reply])
-            await consumer.seek_to_end(reply)
-            await consumer.position(reply)
-            started = time.monotonic()
-            for source, value in transfers:  # pre-serialised; no waiting per command
-                client.send_raw(source, value)
-            await client.flush()
-            produced = time.monotonic()
-            codes = await _count_results(consumer, reply, run, args.transfers)
-            finished = time.monotonic()
-        finally:
-            await consumer.stop()
-    elapsed = finished - started
+        client.watch_results(answers)
+        setup_started = time.monotonic()
+        await _open_accounts(client, answers, options.workload, name)
+        setup_s = time.monotonic() - setup_started
+        answers.reset()
+        workers = [worker.pid for worker in ledger.workers if worker.pid is not None]
+        broker = [] if ledger.broker_pid is None else process_tree(ledger.broker_pid)
+        before = (cpu_seconds(workers), cpu_seconds(broker), _own_cpu())
+        rss_start = sum(rss_mib(pid) for pid in workers)
+        started = time.monotonic()
+        published = await _publish(client, answers, options, name, started)
+        drained = await answers.drained()
+        elapsed = (answers.last_at or time.monotonic()) - started
+        after = (cpu_seconds(workers), cpu_seconds(broker), _own_cpu())
+        rss_end = sum(rss_mib(pid) for pid in workers)
+    done = len(answers.latencies)
+    per_1000 = 1000 / max(done, 1)
     return {
-        "transfers": args.transfers,
-        "accounts": args.accounts,
-        "partitions": settings.partitions,
-        "workers": args.workers,
-        "produce_s": round(produced - started, 3),
-        "elapsed_s": round(elapsed, 3),
-        "transfers_per_s": round(args.transfers / elapsed, 1),
-        "results": dict(codes),
+        "transfers": done,
+        "unanswered": 0 if drained else len(answers.sent),
+        "elapsed_s": round(elapsed, 2),
+        "transfers_per_s": round(done / elapsed, 1) if elapsed > 0 else 0.0,
+        "offered_per_s": options.rate,
+        "published": published,
+        "latency_ms": percentiles(answers.latencies),
+        "results": dict(answers.codes),
+        "cpu_s_per_1000": {
+            "workers": round((after[0] - before[0]) * per_1000, 3),
+            "broker": round((after[1] - before[1]) * per_1000, 3),
+            "bench_client": round((after[2] - before[2]) * per_1000, 3),
+        },
+        "worker_rss_mib": {
+            "start": rss_start,
+            "end": rss_end,
+            "peak": sum(peak_rss_mib(pid) for pid in workers),
+        },
+        "setup_s": round(setup_s, 1),
+        "fetch_wait_ms": settings.fetch_wait_ms,
     }
 
 
-def _transfers(
-    rng: random.Random, accounts: list[str], count: int, run: str, reply_partition: int
-) -> list[tuple[str, bytes]]:
-    """(source account, JSON command) of each transfer, answered on `reply_partition`."""
-    transfers = []
-    for number in range(count):
-        source, destination = rng.sample(accounts, 2)
-        command = {
-            "type": "transfer",
-            "command_id": f"{run}{number}",
-            "account": source,
-            "destination": destination,
-            "amount": rng.randint(1, 10_000),
-            "currency": "USD",
-            "reply_partition": reply_partition,
-        }
-        transfers.append((source, orjson.dumps(command)))
-    return transfers
+async def _open_accounts(
+    client: LedgerClient, answers: _Answers, workload: Workload, name: str
+) -> None:
+    """Open every account, a chunk at a time, with room to overdraw for any transfer."""
+    for first in range(0, len(workload.names), SETUP_CHUNK):
+        for account in workload.names[first : first + SETUP_CHUNK]:
+            command_id = f"open-{account}"
+            answers.sent[command_id] = time.monotonic()
+            client.send_raw(
+                account,
+                orjson.dumps(
+                    {
+                        "type": "open_account",
+                        "command_id": command_id,
+                        "account": account,
+                        "currency": "USD",
+                        "overdraft_limit": AMOUNT_MAX,
+                        "reply_partition": client.reply_partition,
+                    }
+                ),
+            )
+        await client.flush()
+        if not await answers.drained():
+            raise RuntimeError(
+                f"{len(answers.sent)} accounts not opened: no answer for {DRAIN_IDLE_S} s"
+            )
+        _say(f"{name:17} opened {min(first + SETUP_CHUNK, len(workload.names)):,} accounts")
 
 
-async def _count_results(
-    consumer: AIOKafkaConsumer, reply: TopicPartition, prefix: str, expected: int
-) -> Counter[str]:
-    """Results of this run's transfers (the reply partition may hold older ones too)."""
-    codes: Counter[str] = Counter()
-    seen: set[str] = set()
-    while len(seen) < expected:
-        batches = await consumer.getmany(reply, timeout_ms=1000)
-        for record in batches.get(reply, []):
-            result = orjson.loads(record.value)
-            command_id = result["command_id"]
-            if command_id.startswith(prefix) and command_id not in seen:
-                seen.add(command_id)
-                codes[result.get("code") or "accepted"] += 1
-    return codes
+async def _publish(
+    client: LedgerClient, answers: _Answers, options: Options, name: str, started: float
+) -> int:
+    """Publish transfers for `duration_s`; the count published."""
+    transfers = options.workload.transfers()
+    end = started + options.duration_s
+    reporter = asyncio.create_task(_report(name, answers, started))
+    count = 0
+    try:
+        while (now := time.monotonic()) < end:
+            if options.rate is None:  # closed loop: top up what is outstanding
+                due = options.in_flight - len(answers.sent)
+                for _ in range(due):
+                    _send(client, answers, next(transfers), now)
+                count += max(due, 0)
+                answers.arrived.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(answers.arrived.wait(), 1.0)
+            else:  # open loop: whatever is due by now, each stamped with its due time
+                due_count = int((now - started) * options.rate) + 1
+                for number in range(count, due_count):
+                    _send(client, answers, next(transfers), started + number / options.rate)
+                count = max(count, due_count)
+                await asyncio.sleep(0.001)
+        await client.flush()
+    finally:
+        reporter.cancel()
+    return count
 
 
-def _machine() -> str:
-    import os
-    import platform
+def _send(client: LedgerClient, answers: _Answers, transfer: Transfer, at: float) -> None:
+    command_id = f"t{transfer.number}-{id(answers):x}"
+    answers.sent[command_id] = at
+    client.send_raw(
+        transfer.source,
+        orjson.dumps(
+            {
+                "type": "transfer",
+                "command_id": command_id,
+                "account": transfer.source,
+                "destination": transfer.destination,
+                "amount": transfer.amount,
+                "currency": "USD",
+                "reply_partition": client.reply_partition,
+            }
+        ),
+    )
 
-    return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+
+async def _report(name: str, answers: _Answers, started: float) -> None:
+    """A progress line a second: answered so far, the last second's rate and p99."""
+    done_before, seen = 0, 0
+    while True:
+        await asyncio.sleep(1.0)
+        done = len(answers.latencies)
+        p99 = percentiles(answers.latencies[seen:])["p99"]
+        seen = done
+        _say(
+            f"{name:17} {time.monotonic() - started:6.1f} s  {done:>9,} answered  "
+            f"{done - done_before:>7,}/s  in flight {len(answers.sent):>6,}  p99 {p99} ms"
+        )
+        done_before = done
+
+
+# -- the PostgreSQL ledger -----------------------------------------------------------------------
+
+
+def measure_postgres(options: Options, *, clients: int) -> dict[str, Any]:
+    from ledger_stream import bench_postgres
+
+    if bench_postgres.postgres_binaries() is None:
+        return _skipped("PostgreSQL binaries (initdb, pg_ctl, postgres) not found")
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-pg-") as workdir:
+        try:
+            with bench_postgres.temporary_postgres(Path(workdir)) as server:
+                return asyncio.run(
+                    bench_postgres.run_postgres_ledger(
+                        server,
+                        options.workload,
+                        duration_s=options.duration_s,
+                        clients=clients,
+                        rate=options.rate,
+                        progress=_say,
+                    )
+                )
+        except bench_postgres.PostgresUnavailable as error:
+            return _skipped(str(error))
+
+
+def _skipped(why: str) -> dict[str, Any]:
+    _say(f"postgres: skipped: {why}")
+    return {"system": "postgres-row-lock", "skipped": why}
+
+
+# -- reporting ----------------------------------------------------------------------------------
+
+
+def ratios(runs: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Throughput and p99 of each run over each other, where both ran."""
+
+    def over(a: str, b: str, key: Callable[[dict[str, Any]], float]) -> float | None:
+        if "skipped" in runs[a] or "skipped" in runs[b] or not key(runs[b]):
+            return None
+        return round(key(runs[a]) / key(runs[b]), 2)
+
+    def rate(run: dict[str, Any]) -> float:
+        return float(run["transfers_per_s"])
+
+    def p99(run: dict[str, Any]) -> float:
+        return float(run["latency_ms"]["p99"])
+
+    return {
+        "ledger_over_postgres": over("ledger", "postgres", rate),
+        "unbatched_over_postgres": over("ledger_unbatched", "postgres", rate),
+        "ledger_over_unbatched": over("ledger", "ledger_unbatched", rate),
+        "p99_ledger_over_postgres": over("ledger", "postgres", p99),
+    }
+
+
+def print_figures(figures: dict[str, Any]) -> None:
+    print(f"machine: {figures['machine']}")
+    print(f"options: {figures['options']}")
+    for name, run in figures.items():
+        if not isinstance(run, dict) or "system" not in run:
+            continue
+        if "skipped" in run:
+            print(f"{name:17} skipped: {run['skipped']}")
+            continue
+        latency = run["latency_ms"]
+        print(
+            f"{name:17} {run['transfers_per_s']:>10,.0f} transfers/s  "
+            f"p50 {latency['p50']} ms  p95 {latency['p95']} ms  p99 {latency['p99']} ms  "
+            f"max {latency['max']} ms  cpu s/1000 {run['cpu_s_per_1000']}"
+        )
+        if "worker_rss_mib" in run:
+            print(f"{'':17} worker memory MiB {run['worker_rss_mib']}  results {run['results']}")
+    for name, value in figures.get("ratios", {}).items():
+        print(f"{name:28} {value}")
+
+
+def _described(options: Options) -> dict[str, Any]:
+    workload = options.workload
+    return {
+        "accounts": workload.accounts,
+        "partitions": workload.partitions,
+        "cross": "uniform" if workload.cross is None else workload.cross,
+        "hot": workload.hot,
+        "loop": "closed" if options.rate is None else "open",
+        "rate": options.rate,
+        "in_flight": options.in_flight if options.rate is None else None,
+        "duration_s": options.duration_s,
+        "workers": options.workers,
+    }
+
+
+def machine() -> str:
+    return (
+        f"{os.cpu_count()} cores, {platform.machine()}, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

@@ -1,8 +1,11 @@
 """LedgerClient: what a producer service uses to publish commands and await their results.
 
-Commands are batched per partition within a short linger (one Kafka record may carry a JSON
-array of commands of one partition), and results are read from one results partition that
-this client names as its reply partition, without a consumer group.
+Commands are batched per partition (one Kafka record may carry a JSON array of commands of
+one partition): a command goes out at once when no record of its partition is on its way,
+and otherwise waits for that record's ack, `batch_size_max` commands or `linger_ms`, whichever
+comes first; so one command at a time is not delayed, and many at once are batched. Results
+are read from one results partition that this client names as its reply partition, without
+a consumer group.
 
     async with LedgerClient("localhost:9092") as ledger:
         await ledger.open_account("alice", "USD")
@@ -27,10 +30,11 @@ import logging
 import random
 import uuid
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.cluster import ClusterMetadata
 
@@ -71,6 +75,7 @@ class LedgerClient:
         batch_size_max: int = 500,
         connect_attempts_max: int = 5,
         in_flight_max: int = 10_000,
+        fetch_wait_ms: int = 500,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.commands_topic = f"{topic_prefix}commands"
@@ -79,6 +84,7 @@ class LedgerClient:
         self.linger_ms = linger_ms
         self.batch_size_max = batch_size_max
         self.connect_attempts_max = connect_attempts_max
+        self.fetch_wait_ms = fetch_wait_ms  # see Settings.fetch_wait_ms
         # Commands awaiting their result at once; a caller past this waits for a slot.
         self._slots = asyncio.Semaphore(in_flight_max)
         self.reply_partition = 0
@@ -90,11 +96,14 @@ class LedgerClient:
         self._waiting: dict[str, deque[tuple[str, asyncio.Future[Result]]]] = defaultdict(deque)
         self._queued: dict[int, list[_Queued]] = defaultdict(list)
         self._queued_bytes: dict[int, int] = {}  # size of each queue's record, as sent
+        self._on_the_way: dict[int, int] = defaultdict(int)  # records sent, not yet acked
         self._flush_handle: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[SendFailed | None]] = set()
         # Failed records holding `send_raw` values: no caller waits on those, so the next
         # `flush` raises them.
         self._unreported: list[SendFailed] = []
+        # Called with every result read from the reply partition (see `watch_results`).
+        self._watchers: list[Callable[[dict[str, Any]], None]] = []
 
     async def __aenter__(self) -> LedgerClient:
         await self.start()
@@ -113,7 +122,7 @@ class LedgerClient:
             lambda: AIOKafkaProducer(
                 bootstrap_servers=self.bootstrap_servers,
                 acks="all",
-                linger_ms=self.linger_ms,
+                linger_ms=0,  # this client batches commands itself (see `_enqueue`)
                 max_batch_size=256 * 1024,
                 max_request_size=4 * 1024 * 1024,
             ),
@@ -129,7 +138,9 @@ class LedgerClient:
             partitions = _partition_count(cluster, self.commands_topic)
             reply_partition = random.randrange(_partition_count(cluster, self.results_topic))
             self._consumer = await _results_consumer(
-                self.bootstrap_servers, TopicPartition(self.results_topic, reply_partition)
+                self.bootstrap_servers,
+                TopicPartition(self.results_topic, reply_partition),
+                self.fetch_wait_ms,
             )
         except BaseException:
             await producer.stop()
@@ -326,10 +337,15 @@ class LedgerClient:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        queued, self._queued = self._queued, defaultdict(list)
-        self._queued_bytes.clear()
-        for partition, batch in queued.items():
-            self._spawn(self._send_batch(partition, batch))
+        for partition in list(self._queued):
+            self._send_partition(partition)
+
+    def _send_partition(self, partition: int) -> None:
+        """Send what is queued for `partition` as one record (counted on its way at once)."""
+        queue = self._queued.pop(partition)
+        self._queued_bytes.pop(partition, None)
+        self._on_the_way[partition] += 1
+        self._spawn(self._send_batch(partition, queue))
 
     async def _send_batch(self, partition: int, batch: list[_Queued]) -> SendFailed | None:
         """Send a partition's queued commands as one record. When Kafka does not take it,
@@ -346,6 +362,10 @@ class LedgerClient:
             await delivery
         except Exception as error:  # whatever the producer raises, a caller hears of it
             return self._failed(partition, batch, error)
+        finally:
+            self._on_the_way[partition] -= 1
+            if not self._on_the_way[partition] and partition in self._queued:
+                self._send_partition(partition)  # what queued up behind this record
         return None
 
     def _failed(self, partition: int, batch: list[_Queued], error: Exception) -> SendFailed:
@@ -375,15 +395,13 @@ class LedgerClient:
         size = self._queued_bytes.get(partition, 0)
         if partition in self._queued and size + len(value) + 2 > RECORD_BYTES_MAX:
             # The writer reads no record over the limit: send what is queued, start anew.
-            self._spawn(self._send_batch(partition, self._queued.pop(partition)))
+            self._send_partition(partition)
             size = 0
         queue = self._queued[partition]
         queue.append((account, value, waiter))
         self._queued_bytes[partition] = size + len(value) + 1
-        if len(queue) >= self.batch_size_max:
-            del self._queued[partition]
-            del self._queued_bytes[partition]
-            self._spawn(self._send_batch(partition, queue))
+        if len(queue) >= self.batch_size_max or not self._on_the_way[partition]:
+            self._send_partition(partition)
         elif self._flush_handle is None:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_later(self.linger_ms / 1000, self._send_queued)
@@ -398,16 +416,24 @@ class LedgerClient:
             for value in values:
                 self._resolve(value)
 
+    def watch_results(self, watcher: Callable[[dict[str, Any]], None]) -> None:
+        """Call `watcher` with every result read from the reply partition, as parsed JSON,
+        answers to `send_raw` commands included (tools such as the benchmark count them)."""
+        self._watchers.append(watcher)
+
     def _resolve(self, value: bytes | None) -> None:
         if not value:
             return
         try:
-            result = Result.model_validate_json(value)
-        except ValueError:
+            fields = orjson.loads(value)
+            for watcher in self._watchers:
+                watcher(fields)
+            waiting = self._waiting.get(fields["command_id"])
+            if not waiting:
+                return  # no model made for a result nobody here waits on
+            result = Result.model_validate(fields)
+        except (ValueError, TypeError, KeyError):
             logger.warning("ignoring an unreadable result record: %r", value[:200])
-            return
-        waiting = self._waiting.get(result.command_id)
-        if not waiting:
             return
         # The oldest submission of the same payload; a result that names no payload (a
         # dead letter's rejection) answers the oldest submission of the id.
@@ -441,12 +467,15 @@ def _partition_count(cluster: ClusterMetadata, topic: str) -> int:
     return len(partitions)
 
 
-async def _results_consumer(bootstrap_servers: str, reply: TopicPartition) -> AIOKafkaConsumer:
+async def _results_consumer(
+    bootstrap_servers: str, reply: TopicPartition, fetch_wait_ms: int
+) -> AIOKafkaConsumer:
     """A consumer of the reply partition, at its end before the first command is sent."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         enable_auto_commit=False,
         auto_offset_reset="latest",
+        fetch_max_wait_ms=fetch_wait_ms,
     )
     try:
         await consumer.start()

@@ -67,6 +67,7 @@ from ledger_stream.messages import (
     Result,
     Transfer,
     Withdraw,
+    replaced,
 )
 from ledger_stream.money import AMOUNT_MAX, BALANCE_MAX
 
@@ -130,13 +131,13 @@ class Decision:
         if outcome.result is not None:
             result = outcome.result
             if duplicate:
-                result = result.model_copy(update={"duplicate": True})
+                result = replaced(result, duplicate=True)
             self.results.append(Reply(result, reply_partition))
         self.journal.extend(outcome.journal)
         if duplicate:
             # The answer goes to whoever asked this time, which may be another client.
             update = {"reply_partition": reply_partition}
-            self.legs.extend(leg.model_copy(update=update) for leg in outcome.legs)
+            self.legs.extend(replaced(leg, **update) for leg in outcome.legs)
         else:
             self.legs.extend(outcome.legs)
 
@@ -230,7 +231,7 @@ def _decide_input(
             # Command ids are unique per partition; a transfer from another partition may
             # reuse the id of one already credited here. It goes back to its source.
             code = "exists_with_different_payload"
-            decision.legs.append(message.model_copy(update={"type": "refund", "code": code}))
+            decision.legs.append(replaced(message, type="refund", code=code))
         else:
             rejection = _rejected(message, "exists_with_different_payload", digest)
             decision.results.append(Reply(rejection, message.reply_partition))
@@ -305,7 +306,7 @@ class _State:
     def stamp(self, event: JournalEvent) -> JournalEvent:
         """Link a new event onto the journal chain; call in the order events are created."""
         assert event.seq is None and event.prev_hash is None, f"{event.entry_id} is stamped"
-        stamped = event.model_copy(update={"seq": self.head.seq + 1, "prev_hash": self.head.hash})
+        stamped = replaced(event, seq=self.head.seq + 1, prev_hash=self.head.hash)
         self.head = JournalHead(seq=self.head.seq + 1, hash=stamped.chain_hash())
         self.stamped.append(stamped)
         return stamped
@@ -431,7 +432,7 @@ def _post_command(
     account = state.account(command.account)
     assert account is not None
     if isinstance(command, CloseAccount):
-        state.put(command.account, account.model_copy(update={"status": "closed"}))
+        state.put(command.account, replaced(account, status="closed"))
         return [
             JournalEvent(kind="account_closed", currency=account.currency, postings=[], **common)
         ]
@@ -455,7 +456,7 @@ def _post_command(
     source = state.account(command.account)
     assert source is not None
     in_transit = source.debits_in_transit + command.amount
-    state.put(command.account, source.model_copy(update={"debits_in_transit": in_transit}))
+    state.put(command.account, replaced(source, debits_in_transit=in_transit))
     return [
         JournalEvent(kind="transfer_debit", currency=command.currency, postings=postings, **common)
     ]
@@ -466,12 +467,12 @@ def _apply_credit(state: _State, leg: Leg, timestamp_ms: int) -> Outputs:
     code = _check_credit(state, leg)
     if code is not None:
         assert code in REFUND_CODES, f"the source would refuse a refund with code {code!r}"
-        refund = leg.model_copy(update={"type": "refund", "code": code})
+        refund = replaced(leg, type="refund", code=code)
         return Outputs(legs=[refund])
     # After this point the credit must succeed.
     postings = _move(state, TRANSIT, leg.destination, leg.amount)
     event = _leg_event(leg, 1, "transfer_credit", postings, timestamp_ms)
-    settle = leg.model_copy(update={"type": "settle"})
+    settle = replaced(leg, type="settle")
     result = _leg_result(leg, "accepted", None)
     return Outputs(result=result, journal=[event], legs=[settle])
 
@@ -487,7 +488,7 @@ def _return_to_source(state: _State, decision: Decision, leg: Leg, incoming: Inc
     assert original is not None
     if original.result is not None:
         if leg.type == "refund":  # re-send what the refund produced: result, refund event
-            result = original.result.model_copy(update={"duplicate": True})
+            result = replaced(original.result, duplicate=True)
             decision.results.append(Reply(result, leg.reply_partition))
             decision.journal.extend(original.journal[1:])
         return
@@ -554,12 +555,12 @@ def _finish_at_source(state: _State, leg: Leg, result: Result, journal: list[Jou
     # The leg matches the transfer posted from this account, which has not ended yet.
     assert source is not None and source.debits_in_transit >= leg.amount
     in_transit = source.debits_in_transit - leg.amount
-    state.put(leg.source, source.model_copy(update={"debits_in_transit": in_transit}))
+    state.put(leg.source, replaced(source, debits_in_transit=in_transit))
     key = outcome_key(leg)
     original = state.outcome(key)
     assert original is not None
     update = {"result": result, "journal": [*original.journal, *journal], "legs": []}
-    state.put_outcome(key, original.model_copy(update=update))
+    state.put_outcome(key, replaced(original, **update))
 
 
 def _check_credit(state: _State, leg: Leg) -> str | None:
@@ -582,7 +583,7 @@ def _move(state: _State, debit: str, credit: str, amount: int) -> list[Posting]:
             continue
         account = state.account(name)
         assert account is not None
-        updated = account.model_copy(update={side: getattr(account, side) + amount})
+        updated = replaced(account, **{side: getattr(account, side) + amount})
         assert updated.debits_posted <= BALANCE_MAX and updated.credits_posted <= BALANCE_MAX
         state.put(name, updated)
     return [Posting(account=debit, debit=amount), Posting(account=credit, credit=amount)]

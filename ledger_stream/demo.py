@@ -103,6 +103,7 @@ async def _drive(
         topic_prefix=settings.topic_prefix,
         timeout_s=120,
         in_flight_max=IN_FLIGHT_MAX,
+        fetch_wait_ms=settings.fetch_wait_ms,
     ) as client:
         say(f"opening and funding {len(accounts)} accounts (waiting for the workers to join)")
         started = time.monotonic()

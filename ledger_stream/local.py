@@ -132,6 +132,8 @@ FAST_GROUP_ENV = {
     "LEDGER_SESSION_TIMEOUT_S": "6",
     "LEDGER_HEARTBEAT_INTERVAL_S": "1",
 }
+# The embedded broker answers a waiting fetch only when its wait is over (Settings.fetch_wait_ms).
+EMBEDDED_FETCH_WAIT_MS = 1
 
 
 @dataclass
@@ -142,6 +144,7 @@ class LocalLedger:
     workdir: Path
     workers: list[WorkerProcess]
     env: dict[str, str]
+    broker_pid: int | None = None  # the embedded broker's, when this run started one
 
     def start_worker(self, number: int, log_path: Path | None = None) -> WorkerProcess:
         """Start worker `number` (its data directory is `<workdir>/worker<number>`)."""
@@ -162,29 +165,35 @@ def start_local_ledger(
     bootstrap: str | None,
     partitions: int | None,
     workers: int,
+    env: dict[str, str] | None = None,
     say: Callable[[str], None] = lambda line: None,
 ) -> LocalLedger:
     """Start what a run needs (the embedded broker unless `bootstrap` is given, fresh topics
     under a prefix of their own, `workers` worker processes); `stack` stops them all, the
-    workers started later through `LocalLedger.workers` included."""
+    workers started later through `LocalLedger.workers` included. `env` adds to the workers'
+    environment."""
+    broker_pid = None
     if bootstrap is None:
         broker = EmbeddedBroker(log_path=workdir / "broker.log")
         broker.start()
         stack.callback(broker.stop)
-        bootstrap = broker.bootstrap
+        bootstrap, broker_pid = broker.bootstrap, broker.pid
         say(f"embedded broker (Tansu) on {bootstrap}, pid {broker.pid}")
     settings = Settings(
         bootstrap_servers=bootstrap,
         partitions=partitions or Settings().partitions,
         topic_prefix=f"{name}{int(time.time())}.",
+        fetch_wait_ms=EMBEDDED_FETCH_WAIT_MS if broker_pid else Settings().fetch_wait_ms,
     )
     asyncio.run(ensure_topics(settings))
-    env = {
+    worker_env = {
         **FAST_GROUP_ENV,
         "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
         "LEDGER_PARTITIONS": str(settings.partitions),
+        "LEDGER_FETCH_WAIT_MS": str(settings.fetch_wait_ms),
+        **(env or {}),
     }
-    ledger = LocalLedger(settings, workdir, [], env)
+    ledger = LocalLedger(settings, workdir, [], worker_env, broker_pid)
     stack.callback(lambda: [worker.stop() for worker in reversed(ledger.workers)])
     for number in range(workers):
         worker = ledger.start_worker(number)

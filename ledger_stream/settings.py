@@ -37,6 +37,15 @@ class Settings(BaseSettings):
         le=100_000,
         description="Records the writer takes per batch (a record may carry many commands)",
     )
+    fetch_wait_ms: int = Field(
+        default=500,
+        ge=1,
+        le=60_000,
+        description="How long a fetch may wait at the end of a partition for data. Apache "
+        "Kafka answers a waiting fetch as soon as data arrives, so 500 costs no latency there; "
+        "the embedded broker answers only when the wait is over, so use 1 with it (the local "
+        "ledger of the demo, the benchmark and the tests does)",
+    )
     connect_attempts_max: int = Field(
         default=10,
         ge=1,

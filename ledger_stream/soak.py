@@ -89,6 +89,7 @@ async def _soak(
         topic_prefix=settings.topic_prefix,
         timeout_s=RESULT_TIMEOUT_S,
         in_flight_max=IN_FLIGHT_MAX,
+        fetch_wait_ms=settings.fetch_wait_ms,
     ) as client:
         say(f"opening and funding {len(accounts)} accounts")
         await asyncio.gather(*(_submit(client, tally, "open_account", a) for a in accounts))

@@ -25,6 +25,7 @@ _OUTCOME = b"o:"
 _POSITION = b"m:position"
 _HEAD = b"m:head"
 _IDENTITY = b"m:identity"
+MEMTABLE_BYTES = 8 * 1024 * 1024
 
 
 def digest(value: bytes) -> str:
@@ -63,6 +64,9 @@ class PartitionStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         options = rocksdict.Options(raw_mode=True)
         options.create_if_missing(True)
+        # RocksDB's default memtable is 64 MiB, two of them, per partition: a worker of 8
+        # partitions would grow to a gigabyte before its first flush.
+        options.set_write_buffer_size(MEMTABLE_BYTES)
         db = rocksdict.Rdict(str(self.path), options=options)
         found = db.get(_IDENTITY)
         if found is not None and found.decode() != self.identity:

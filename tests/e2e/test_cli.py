@@ -103,12 +103,48 @@ def test_broker_command_serves_kafka_until_sigterm() -> None:
         assert process.wait(30) == 0
 
 
-def test_bench_reports_figures_for_every_transfer_it_sent() -> None:
-    done = run_cli("bench", "--accounts", "20", "--transfers", "500", "--partitions", "2", "--json")
+def test_bench_compare_measures_the_ledger_unbatched_and_postgres_on_one_workload() -> None:
+    done = run_cli(
+        *("bench", "--accounts", "50", "--partitions", "2", "--duration", "3"),
+        *("--in-flight", "200", "--compare", "--pg-clients", "4", "--json"),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    assert figures["results"] == {"accepted": 500}
-    assert figures["transfers_per_s"] > 0 and figures["partitions"] == 2
+    for name in ("ledger", "ledger_unbatched"):
+        run = figures[name]
+        assert run["transfers"] == run["published"] > 0, name  # every one answered
+        assert run["unanswered"] == 0
+        assert set(run["results"]) == {"accepted"}  # no transfer overdraws in the workload
+        latency = run["latency_ms"]
+        assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+        assert run["cpu_s_per_1000"]["workers"] > 0 and run["worker_rss_mib"]["peak"] > 0
+    postgres = figures["postgres"]
+    if "skipped" in postgres:  # no PostgreSQL binaries here: said, not failed
+        assert postgres["skipped"]
+        assert figures["ratios"]["ledger_over_postgres"] is None
+    else:
+        assert postgres["books_ok"] is True and postgres["transfers"] > 0
+        assert figures["ratios"]["ledger_over_postgres"] > 0
+    assert figures["ratios"]["ledger_over_unbatched"] > 0
+    assert figures["options"]["loop"] == "closed"
+    assert "answered" in done.stderr  # the progress line
+
+
+def test_bench_open_loop_offers_its_rate_and_answers_every_transfer() -> None:
+    done = run_cli(
+        *("bench", "--accounts", "30", "--partitions", "2", "--duration", "2"),
+        *("--rate", "150", "--hot", "--cross", "0", "--json"),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    run = figures["ledger"]
+    assert 250 <= run["published"] <= 310  # 150 a second for 2 seconds, by the schedule
+    assert run["transfers"] == run["published"] and run["unanswered"] == 0
+    assert (
+        figures["options"] | {"loop": "open", "rate": 150.0, "hot": True, "cross": 0.0}
+        == (figures["options"])
+    )
+    assert "postgres" not in figures
 
 
 def test_audit_passes_a_clean_ledger_and_names_an_edited_journal_event(tmp_path: Path) -> None:

@@ -41,6 +41,8 @@ class FakeProducer:
         self.refused_partitions: set[int] = set()
         self.on_sent: Callable[[Record], None] = lambda record: None
         self.stopped = False
+        self.holding = False  # when set, acks wait for `release`
+        self.held: list[asyncio.Future[None]] = []
 
     async def send(
         self, topic: str, value: bytes, *, key: bytes, partition: int
@@ -50,11 +52,22 @@ class FakeProducer:
         if partition in self.refused_partitions:
             self.refused.append(record)
             delivery.set_exception(KafkaTimeoutError("no leader acknowledged the record"))
+        elif self.holding:
+            self.sent.append(record)
+            self.held.append(delivery)
         else:
             self.sent.append(record)
             delivery.set_result(None)
             self.on_sent(record)
         return delivery
+
+    def release(self) -> None:
+        """Ack the records held so far."""
+        self.holding = False
+        for delivery, record in zip(self.held, self.sent[-len(self.held) :], strict=True):
+            delivery.set_result(None)
+            self.on_sent(record)
+        self.held.clear()
 
     async def stop(self) -> None:
         self.stopped = True
@@ -129,9 +142,7 @@ async def test_a_refused_record_fails_the_submits_of_that_record_and_no_other() 
         assert "command 'a-1'" in str(first)
         assert "may or may not have reached Kafka" in str(first)
         assert "Re-submitting the same command is safe" in str(first)
-        # Both of alice's commands were in one record: the batching stays.
-        assert len(producer.refused) == 1
-        assert [c["command_id"] for c in orjson.loads(producer.refused[0].value)] == ["a-1", "a-2"]
+        assert [command_id for r in producer.refused for command_id in _ids(r)] == ["a-1", "a-2"]
 
         assert not waiting.done()
         results.publish(accepted(bob))
@@ -220,22 +231,34 @@ async def test_attempts_max_below_one_is_refused_before_sending() -> None:
     assert producer.sent == []
 
 
-async def test_commands_of_one_partition_within_the_linger_go_as_one_record() -> None:
+async def test_a_command_goes_at_once_and_those_behind_it_go_as_one_record() -> None:
     producer, results = FakeProducer(), FakeResults()
 
     def answer_each(record: Record) -> None:
-        for command in orjson.loads(record.value):
-            results.publish(accepted(COMMAND_ADAPTER.validate_python(command)))
+        for command_id in _ids(record):
+            results.publish(accepted(deposit(command_id)))
 
     producer.on_sent = answer_each
-    async with attached(producer, results, timeout_s=5, linger_ms=20) as client:
-        commands = [deposit(f"d-{number}") for number in range(3)]
-        answers = await asyncio.gather(*(client.submit(command) for command in commands))
+    producer.holding = True
+    async with attached(producer, results, timeout_s=5, linger_ms=60_000) as client:
+        commands = [deposit(f"d-{number}") for number in range(4)]
+        answers = asyncio.gather(*(client.submit(command) for command in commands))
+        while not producer.sent:  # the first command of an idle partition does not linger
+            await asyncio.sleep(0)
+        assert [_ids(record) for record in producer.sent] == [["d-0"]]
+        producer.release()  # its ack sends what queued up behind it, without the linger
+        answered = await answers
 
-    assert [answer.command_id for answer in answers] == ["d-0", "d-1", "d-2"]
-    assert len(producer.sent) == 1
-    assert producer.sent[0].key == ALICE.encode()
+    assert [answer.command_id for answer in answered] == ["d-0", "d-1", "d-2", "d-3"]
+    assert [_ids(record) for record in producer.sent] == [["d-0"], ["d-1", "d-2", "d-3"]]
+    assert {record.key for record in producer.sent} == {ALICE.encode()}
     assert producer.stopped
+
+
+def _ids(record: Record) -> list[str]:
+    """The command ids a command record carries (one command, or an array of them)."""
+    value = orjson.loads(record.value)
+    return [command["command_id"] for command in (value if isinstance(value, list) else [value])]
 
 
 async def test_a_batch_is_split_before_its_record_passes_the_size_limit() -> None:

@@ -324,3 +324,15 @@ def test_the_chain_hash_is_the_same_for_an_event_read_back_from_its_json() -> No
     assert JournalEvent.model_validate_json(event.model_dump_json()).chain_hash() == (
         event.chain_hash()
     )
+
+
+def test_replaced_is_model_copy_with_an_update() -> None:
+    from ledger_stream.messages import AccountState, replaced
+
+    account = AccountState(currency="USD", overdraft_limit=5)
+    fast = replaced(account, debits_posted=7, status="closed")
+    slow = account.model_copy(update={"debits_posted": 7, "status": "closed"})
+    assert fast == slow
+    assert fast.model_fields_set == slow.model_fields_set
+    assert fast.model_dump_json() == slow.model_dump_json()
+    assert account.debits_posted == 0 and account.status == "open"  # the original stays
