@@ -43,8 +43,8 @@ typecheck: $(STAMP) ## mypy
 schemas: $(STAMP) ## regenerate schemas/*.json from the message models
 	$(BIN)/python -m ledger_stream.schemas
 
-bench: $(STAMP) ## measure transfers a second on a local ledger (figures, not pass/fail)
-	$(BIN)/ledger-stream bench
+bench: $(STAMP) ## this ledger, batching off and a row-locking PostgreSQL ledger, side by side (figures, not pass/fail)
+	$(BIN)/ledger-stream bench --compare
 
 soak: $(STAMP) ## ten minutes of load, crashes and rebalances, then an audit
 	$(BIN)/ledger-stream soak --minutes 10

@@ -164,7 +164,7 @@ def _broker(args: argparse.Namespace) -> int:
     broker.start()
     print(f"embedded broker (Tansu, memory storage) listening on {broker.bootstrap}", flush=True)
     print(
-        f"  LEDGER_FETCH_WAIT_MS=1 ledger-stream worker --bootstrap {broker.bootstrap}",
+        f"  LEDGER_FETCH_WAIT_MS=50 ledger-stream worker --bootstrap {broker.bootstrap}",
         flush=True,
     )
     stopped = threading.Event()
@@ -188,21 +188,34 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_on_sigterm() -> None:
+    """For the commands that start a broker and workers: SIGTERM unwinds like Ctrl-C, so they
+    stop what they started instead of leaving it running."""
+
+    def exit_(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_)
+
+
 def _soak(args: argparse.Namespace) -> int:
     from ledger_stream.soak import run_soak
 
+    _exit_on_sigterm()
     return run_soak(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
     from ledger_stream.demo import run_demo
 
+    _exit_on_sigterm()
     return run_demo(args)
 
 
 def _bench(args: argparse.Namespace) -> int:
     from ledger_stream.bench import run_bench
 
+    _exit_on_sigterm()
     return run_bench(args)
 
 

@@ -62,6 +62,12 @@ logger = logging.getLogger(__name__)
 RESULTS = Counter("ledger_results_total", "Results written", ["status", "code"])
 DEAD_LETTERS = Counter("ledger_dead_letters_total", "Records sent to the dead-letter topic")
 COMMITS = Counter("ledger_state_commits_total", "State records committed")
+WRITTEN_BYTES = Counter(
+    "ledger_written_bytes_total",
+    "Bytes of keys and values the writer sent, by topic (state, journal, results, legs, "
+    "deadletter); for sizing disks",
+    ["topic"],
+)
 BATCH_SIZE = Histogram(
     "ledger_writer_batch_inputs",
     "Commands and legs per writer batch",
@@ -296,6 +302,7 @@ class Writer:
             delivery = await producer.send(self.topics.state, value, partition=partition)
             self.faults.reached("commit-sent")
             metadata = await delivery
+            WRITTEN_BYTES.labels("state").inc(len(value))
             return int(metadata.offset)
 
         try:
@@ -320,6 +327,9 @@ class Writer:
         records = list(outbox.records(self.topics, self.settings.partitions))
         if not records:
             return
+        sizes: dict[str, int] = defaultdict(int)
+        for record in records:
+            sizes[record.topic] += len(record.key or b"") + len(record.value or b"")
         attempts_max = self.settings.send_attempts_max
 
         async def attempt() -> None:
@@ -340,6 +350,9 @@ class Writer:
                 f"could not send outputs after {attempts_max} attempts ({error!r}); stopping "
                 "without acknowledging the batch",
             )
+        prefix = len(self.settings.topic_prefix)
+        for topic, size in sizes.items():
+            WRITTEN_BYTES.labels(topic[prefix:]).inc(size)
 
     async def _acknowledge(
         self, batch: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]

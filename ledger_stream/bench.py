@@ -22,6 +22,7 @@ import platform
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from ledger_stream.client import LedgerClient
 from ledger_stream.local import LocalLedger, start_local_ledger
@@ -148,6 +150,7 @@ async def _drive_ledger(
         connect_attempts_max=20,
     ) as client:
         client.watch_results(answers)
+        await _settled(ledger)
         setup_started = time.monotonic()
         await _open_accounts(client, answers, options.workload, name)
         setup_s = time.monotonic() - setup_started
@@ -155,13 +158,16 @@ async def _drive_ledger(
         workers = [worker.pid for worker in ledger.workers if worker.pid is not None]
         broker = [] if ledger.broker_pid is None else process_tree(ledger.broker_pid)
         before = (cpu_seconds(workers), cpu_seconds(broker), _own_cpu())
-        rss_start = sum(rss_mib(pid) for pid in workers)
+        written_before = await _written(ledger)
+        memory: list[float] = []  # the workers' resident memory, a sample a second
+        sampler = asyncio.create_task(_sample(lambda: sum(rss_mib(pid) for pid in workers), memory))
         started = time.monotonic()
         published = await _publish(client, answers, options, name, started)
+        sampler.cancel()
         drained = await answers.drained()
         elapsed = (answers.last_at or time.monotonic()) - started
         after = (cpu_seconds(workers), cpu_seconds(broker), _own_cpu())
-        rss_end = sum(rss_mib(pid) for pid in workers)
+        written = await _written(ledger)
     done = len(answers.latencies)
     per_1000 = 1000 / max(done, 1)
     return {
@@ -179,13 +185,69 @@ async def _drive_ledger(
             "bench_client": round((after[2] - before[2]) * per_1000, 3),
         },
         "worker_rss_mib": {
-            "start": rss_start,
-            "end": rss_end,
-            "peak": sum(peak_rss_mib(pid) for pid in workers),
+            "start": memory[0] if memory else 0.0,
+            "end": memory[-1] if memory else 0.0,
+            "peak": round(sum(peak_rss_mib(pid) for pid in workers), 1),
+            "over_the_run": [memory[i * len(memory) // 10] for i in range(10)] if memory else [],
         },
+        "written_bytes_per_transfer": {
+            topic: round((size - written_before.get(topic, 0)) / max(done, 1), 1)
+            for topic, size in sorted(written.items())
+        },
+        "store_bytes_per_account_and_transfer": round(
+            _bytes_under(ledger.workdir) / (options.workload.accounts + done), 1
+        ),
         "setup_s": round(setup_s, 1),
         "fetch_wait_ms": settings.fetch_wait_ms,
     }
+
+
+async def _settled(ledger: LocalLedger, timeout_s: float = 120.0) -> None:
+    """Wait until the workers have split the partitions between them, each some, and the split
+    held for a second: a worker joining later would move partitions in the middle of a run."""
+    partitions = ledger.settings.partitions
+    everyone = min(len(ledger.workers), partitions)
+    deadline = time.monotonic() + timeout_s
+    previous: list[list[int]] | None = None
+    while time.monotonic() < deadline:
+        owned = []
+        for worker in ledger.workers:
+            with contextlib.suppress(OSError, ValueError):
+                owned.append(json.loads(await asyncio.to_thread(_get, f"{worker.url}/partitions/")))
+        split = sorted(sorted(o["partitions"]) for o in owned if o["partitions"])
+        whole = sorted(p for part in split for p in part) == list(range(partitions))
+        if whole and len(split) == everyone and split == previous:
+            return
+        previous = split
+        await asyncio.sleep(1.0)
+    raise RuntimeError(f"the workers did not split the {partitions} partitions in {timeout_s} s")
+
+
+async def _written(ledger: LocalLedger) -> dict[str, float]:
+    """Bytes the workers have sent so far, by topic (their ledger_written_bytes_total)."""
+    totals: dict[str, float] = {}
+    for worker in ledger.workers:
+        try:
+            text = await asyncio.to_thread(_get, f"{worker.url}/metrics/")
+        except OSError:
+            continue  # a worker not serving (yet): its bytes are not counted
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "ledger_written_bytes_total":
+                    topic = sample.labels["topic"]
+                    totals[topic] = totals.get(topic, 0.0) + sample.value
+    return totals
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
+def _bytes_under(path: Path) -> int:
+    """Bytes of the files in the directories under `path`: the workers' RocksDB stores (the
+    broker's and workers' logs are in `path` itself)."""
+    return sum(f.stat().st_size for f in path.glob("*/**/*") if f.is_file())
 
 
 async def _open_accounts(
@@ -264,6 +326,12 @@ def _send(client: LedgerClient, answers: _Answers, transfer: Transfer, at: float
             }
         ),
     )
+
+
+async def _sample(read: Callable[[], float], samples: list[float]) -> None:
+    while True:
+        samples.append(round(read(), 1))
+        await asyncio.sleep(1.0)
 
 
 async def _report(name: str, answers: _Answers, started: float) -> None:

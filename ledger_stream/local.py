@@ -132,8 +132,9 @@ FAST_GROUP_ENV = {
     "LEDGER_SESSION_TIMEOUT_S": "6",
     "LEDGER_HEARTBEAT_INTERVAL_S": "1",
 }
-# The embedded broker answers a waiting fetch only when its wait is over (Settings.fetch_wait_ms).
-EMBEDDED_FETCH_WAIT_MS = 1
+# The embedded broker answers a waiting fetch only when its wait is over, and a fetch that
+# scans a long partition for longer than its wait comes back empty (Settings.fetch_wait_ms).
+EMBEDDED_FETCH_WAIT_MS = 50
 
 
 @dataclass

@@ -42,9 +42,10 @@ class Settings(BaseSettings):
         ge=1,
         le=60_000,
         description="How long a fetch may wait at the end of a partition for data. Apache "
-        "Kafka answers a waiting fetch as soon as data arrives, so 500 costs no latency there; "
-        "the embedded broker answers only when the wait is over, so use 1 with it (the local "
-        "ledger of the demo, the benchmark and the tests does)",
+        "Kafka answers a waiting fetch as soon as data arrives, so 500 costs no latency there. "
+        "The embedded broker answers only when the wait is over, and gives up looking for "
+        "records when it is over, so a short wait there stalls a reader of a long partition; "
+        "use 50 with it (the local ledger of the demo and the benchmark does)",
     )
     connect_attempts_max: int = Field(
         default=10,

@@ -44,7 +44,6 @@ def reader(bootstrap_servers: str, **options: Any) -> AIOKafkaConsumer:
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
-        fetch_max_wait_ms=10,  # it reads up to an end it knows: it never waits for new data
         **options,
     )
 

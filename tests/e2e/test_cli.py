@@ -147,6 +147,37 @@ def test_bench_open_loop_offers_its_rate_and_answers_every_transfer() -> None:
     assert "postgres" not in figures
 
 
+def test_a_terminated_bench_stops_the_broker_and_workers_it_started() -> None:
+    process = subprocess.Popen(
+        [*CLI, "bench", "--accounts", "20", "--partitions", "2", "--duration", "600"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    started: list[int] = []
+    for line in process.stderr:  # until the load runs: broker and worker are up by then
+        if "(pid " in line or "started worker pid" in line:
+            started.append(int(line.rsplit("pid ", 1)[1].split()[0].rstrip(")")))
+        if "answered" in line:
+            break
+    assert len(started) == 2, started  # the embedded broker and one worker
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 128 + signal.SIGTERM
+    for pid in started:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # not our children: reaped by their parent
+        assert not _running(pid), f"pid {pid} was left running"
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def test_audit_passes_a_clean_ledger_and_names_an_edited_journal_event(tmp_path: Path) -> None:
     with contextlib.ExitStack() as stack:
         ledger = start_local_ledger(
