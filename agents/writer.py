@@ -434,8 +434,14 @@ class _Overlay:
 
 def _serialized(decision: Decision) -> Changes:
     return Changes(
-        {name: state.model_dump_json().encode() for name, state in decision.accounts.items()},
-        {key: outcome.model_dump_json().encode() for key, outcome in decision.outcomes.items()},
+        {
+            name: state.model_dump_json(exclude_none=True).encode()
+            for name, state in decision.accounts.items()
+        },
+        {
+            key: outcome.model_dump_json(exclude_none=True).encode()
+            for key, outcome in decision.outcomes.items()
+        },
         decision.head,
     )
 
