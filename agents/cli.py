@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        return 130
+        return 128 + (_terminated[0] if _terminated else signal.SIGINT)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -189,13 +189,18 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _exit_on_sigterm() -> None:
-    """For the commands that start a broker and workers: SIGTERM unwinds like Ctrl-C, so they
-    stop what they started instead of leaving it running."""
+    """For the commands that start a broker and workers: SIGTERM unwinds like Ctrl-C (asyncio
+    cancels the running job the same way), so they stop what they started instead of leaving
+    it running, and exit with 143."""
 
-    def exit_(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+    def interrupt(signum: int, frame: object) -> None:
+        _terminated.append(signum)
+        signal.raise_signal(signal.SIGINT)
 
-    signal.signal(signal.SIGTERM, exit_)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+_terminated: list[int] = []
 
 
 def _soak(args: argparse.Namespace) -> int:

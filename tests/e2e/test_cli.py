@@ -156,18 +156,23 @@ def test_a_terminated_bench_stops_the_broker_and_workers_it_started() -> None:
     )
     assert process.stderr is not None
     started: list[int] = []
-    for line in process.stderr:  # until the load runs: broker and worker are up by then
-        if "(pid " in line or "started worker pid" in line:
-            started.append(int(line.rsplit("pid ", 1)[1].split()[0].rstrip(")")))
-        if "answered" in line:
-            break
-    assert len(started) == 2, started  # the embedded broker and one worker
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(60) == 128 + signal.SIGTERM
-    for pid in started:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # not our children: reaped by their parent
-        assert not _running(pid), f"pid {pid} was left running"
+    try:
+        for line in process.stderr:  # until the load runs: broker and worker are up by then
+            if "(pid " in line or "started worker pid" in line:
+                started.append(int(line.rsplit("pid ", 1)[1].split()[0].rstrip(")")))
+            if "answered" in line:
+                break
+        assert len(started) == 2, started  # the embedded broker and one worker
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)  # reads on, so a full pipe never holds it up
+        assert process.returncode == 128 + signal.SIGTERM
+        for pid in started:
+            assert not _running(pid), f"pid {pid} was left running"
+    finally:
+        for pid in [process.pid, *started]:
+            with contextlib.suppress(ProcessLookupError):
+                if _running(pid):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _running(pid: int) -> bool:
