@@ -68,6 +68,7 @@ WRITTEN_BYTES = Counter(
     "deadletter); for sizing disks",
     ["topic"],
 )
+STATE_BYTES = WRITTEN_BYTES.labels("state")
 BATCH_SIZE = Histogram(
     "ledger_writer_batch_inputs",
     "Commands and legs per writer batch",
@@ -302,7 +303,7 @@ class Writer:
             delivery = await producer.send(self.topics.state, value, partition=partition)
             self.faults.reached("commit-sent")
             metadata = await delivery
-            WRITTEN_BYTES.labels("state").inc(len(value))
+            STATE_BYTES.inc(len(value))
             return int(metadata.offset)
 
         try:
@@ -327,18 +328,15 @@ class Writer:
         records = list(outbox.records(self.topics, self.settings.partitions))
         if not records:
             return
-        sizes: dict[str, int] = defaultdict(int)
-        for record in records:
-            sizes[record.topic] += len(record.key or b"") + len(record.value or b"")
         attempts_max = self.settings.send_attempts_max
 
-        async def attempt() -> None:
-            await send_records(
+        async def attempt() -> dict[str, int]:
+            return await send_records(
                 producer, records, on_first_ack=lambda: self.faults.reached("outputs-partly-sent")
             )
 
         try:
-            await retried(
+            sizes = await retried(
                 attempt,
                 failure="sending outputs to Kafka failed",
                 attempts_max=attempts_max,

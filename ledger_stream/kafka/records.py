@@ -31,17 +31,20 @@ async def send_records(
     producer: AIOKafkaProducer,
     records: Iterable[OutRecord],
     on_first_ack: Callable[[], None] | None = None,
-) -> None:
+) -> dict[str, int]:
     """Send `records` (in order within each topic partition) and wait for every ack;
-    `on_first_ack` is called once the first batch is acked and others may not be.
+    `on_first_ack` is called once the first batch is acked and others may not be. Returns
+    the bytes of keys and values sent, by topic.
     """
     groups: dict[tuple[str, int], list[OutRecord]] = defaultdict(list)
     for record in records:
         groups[(record.topic, record.partition)].append(record)
     pending: list[asyncio.Future[RecordMetadata]] = []
+    sizes: dict[str, int] = defaultdict(int)
     for (topic, partition), group in groups.items():
         batch = producer.create_batch()
         for record in group:
+            sizes[topic] += len(record.key or b"") + len(record.value or b"")
             fields = {"key": record.key, "value": record.value, "headers": record.headers or []}
             if batch.append(timestamp=None, **fields) is None:  # full: send it, start anew
                 pending.append(await producer.send_batch(batch, topic, partition=partition))
@@ -55,3 +58,4 @@ async def send_records(
         await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         on_first_ack()
     await asyncio.gather(*pending)
+    return sizes
