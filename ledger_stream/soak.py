@@ -17,7 +17,6 @@ import os
 import random
 import shutil
 import signal
-import sys
 import tempfile
 import time
 import uuid
@@ -56,8 +55,6 @@ def run_soak(args: argparse.Namespace) -> int:
     say: Callable[[str], None] = (lambda line: None) if args.json else print
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     say(f"soak: {args.minutes} min, seed {seed} (--seed {seed} replays the fault schedule)")
-    # SIGTERM unwinds like Ctrl-C, so the broker and workers this run started are stopped.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ledger-soak-")))
         ledger = start_local_ledger(
