@@ -22,13 +22,13 @@ import platform
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -212,8 +212,8 @@ async def _settled(ledger: LocalLedger, timeout_s: float = 120.0) -> None:
     while time.monotonic() < deadline:
         owned = []
         for worker in ledger.workers:
-            with contextlib.suppress(OSError, ValueError):
-                owned.append(json.loads(await asyncio.to_thread(_get, f"{worker.url}/partitions/")))
+            with contextlib.suppress(aiohttp.ClientError, ValueError):
+                owned.append(json.loads(await worker.view("/partitions/")))
         split = sorted(sorted(o["partitions"]) for o in owned if o["partitions"])
         whole = sorted(p for part in split for p in part) == list(range(partitions))
         if whole and len(split) == everyone and split == previous:
@@ -228,8 +228,8 @@ async def _written(ledger: LocalLedger) -> dict[str, float]:
     totals: dict[str, float] = {}
     for worker in ledger.workers:
         try:
-            text = await asyncio.to_thread(_get, f"{worker.url}/metrics/")
-        except OSError:
+            text = await worker.view("/metrics/")
+        except aiohttp.ClientError:
             continue  # a worker not serving (yet): its bytes are not counted
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -237,11 +237,6 @@ async def _written(ledger: LocalLedger) -> dict[str, float]:
                     topic = sample.labels["topic"]
                     totals[topic] = totals.get(topic, 0.0) + sample.value
     return totals
-
-
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return str(response.read().decode())
 
 
 def _bytes_under(path: Path) -> int:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+import aiohttp
+
 from ledger_stream.kafka.broker import EmbeddedBroker, free_port
 from ledger_stream.settings import Settings
 from ledger_stream.topics import ensure_topics
@@ -87,6 +89,15 @@ class WorkerProcess:
                     os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout_s)
         return self.process.returncode
+
+    async def view(self, path: str) -> str:
+        """The body of one of the worker's HTTP views (`/partitions/`, `/metrics/`, ...)."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{self.url}{path}") as response,
+        ):
+            response.raise_for_status()
+            return await response.text()
 
     def kill(self) -> None:
         """SIGKILL at once: a crash, for tests of recovery."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import os
 import random
@@ -24,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import aiohttp
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -153,12 +153,7 @@ def resume(worker: WorkerProcess) -> None:
 
 async def owned_partitions(worker: WorkerProcess) -> tuple[str, list[int]]:
     """The worker's writer id and the partitions it writes, from its HTTP view."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{worker.url}/partitions/") as response,
-    ):
-        response.raise_for_status()
-        body = await response.json()
+    body = json.loads(await worker.view("/partitions/"))
     return body["writer"], body["partitions"]
 
 

@@ -6,9 +6,9 @@ fault; an account closed while money is on its way to it sends the money back.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 
-import aiohttp
 import pytest
 from ledger_load import (
     Load,
@@ -107,11 +107,7 @@ async def test_account_closed_between_the_legs_of_a_transfer_gets_the_money_back
 
         assert (closed.status, closed.code) == ("accepted", None)
         assert (refused.status, refused.code) == ("rejected", "account_closed")
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"{worker.url}/accounts/{sender}/") as response,
-        ):
-            state = await response.json()
+        state = json.loads(await worker.view(f"/accounts/{sender}/"))
         assert (state["balance"], state["debits_in_transit"]) == (FUNDS, 0)
         await finished(loading, workers, "the load beside")
     journal = TopicNames.from_settings(ledger).journal

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from ledger_stream.client import LedgerClient
@@ -20,14 +19,6 @@ from ledger_stream.settings import Settings
 
 STALL_TIMEOUT_S = 2
 WAIT_S = 90.0
-
-
-async def _metrics(worker: WorkerProcess) -> str:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{worker.url}/metrics/") as response,
-    ):
-        return await response.text()
 
 
 def _stalled(metrics: str) -> dict[tuple[str, str], float]:
@@ -64,7 +55,7 @@ async def test_a_stalled_partition_is_named_in_the_log_and_the_metric(
         partition = partition_of("alice", ledger.partitions)
         line = f"partition {ledger.topic_prefix}commands-{partition} stalled"
         assert await asyncio.to_thread(worker.wait_for_log, line, WAIT_S), worker.log_tail()
-        stalled = _stalled(await _metrics(worker))
+        stalled = _stalled(await worker.view("/metrics/"))
         assert stalled[(f"{ledger.topic_prefix}commands", str(partition))] == 1.0
         # the partition's legs have nothing waiting: they are not named (nor do they hide it)
         assert stalled[(f"{ledger.topic_prefix}legs", str(partition))] == 0.0
