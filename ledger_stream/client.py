@@ -426,14 +426,15 @@ class LedgerClient:
             return
         try:
             fields = orjson.loads(value)
-            for watcher in self._watchers:
-                watcher(fields)
             waiting = self._waiting.get(fields["command_id"])
-            if not waiting:
-                return  # no model made for a result nobody here waits on
-            result = Result.model_validate(fields)
+            # No model is made for a result nobody here waits on.
+            result = Result.model_validate(fields) if waiting else None
         except (ValueError, TypeError, KeyError):
             logger.warning("ignoring an unreadable result record: %r", value[:200])
+            return
+        for watcher in self._watchers:
+            watcher(fields)
+        if not waiting or result is None:
             return
         # The oldest submission of the same payload; a result that names no payload (a
         # dead letter's rejection) answers the oldest submission of the id.
