@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from worker_harness import Workers
 
 from ledger_stream.kafka.broker import EmbeddedBroker, free_port
 from ledger_stream.settings import Settings
@@ -49,3 +51,13 @@ def ledger(broker: EmbeddedBroker) -> Settings:
 def module_ledger(broker: EmbeddedBroker) -> Settings:
     """A ledger (own topic prefix, topics created) shared by the tests of one module."""
     return new_ledger(broker)
+
+
+@pytest.fixture
+def workers(ledger: Settings, tmp_path: Path) -> Iterator[Workers]:
+    """Starts workers of `ledger`; each one is stopped by pid when the test ends."""
+    started = Workers(ledger, tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop_all()

@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ledger_load import Workers
-
-from ledger_stream.settings import Settings
 
 _HERE = Path(__file__).resolve().parent
 _SELECTED = pytest.StashKey[bool]()
@@ -63,13 +59,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def rng(request: pytest.FixtureRequest) -> random.Random:
     """This test's random choices: from the session seed and the test's id, nothing else."""
     return random.Random(f"{SEED}/{request.node.nodeid}")
-
-
-@pytest.fixture
-def workers(ledger: Settings, tmp_path: Path) -> Iterator[Workers]:
-    """Starts workers of `ledger`; each one is stopped by pid when the test ends."""
-    started = Workers(ledger, tmp_path)
-    try:
-        yield started
-    finally:
-        started.stop_all()

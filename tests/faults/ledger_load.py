@@ -11,7 +11,6 @@ client receives: a sum of accepted movements does not depend on the order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -22,19 +21,18 @@ import subprocess
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TypeVar
 
-import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from worker_harness import Workers
 
 from ledger_stream.audit import audit
 from ledger_stream.client import LedgerClient
 from ledger_stream.core import REFUND_CODES
 from ledger_stream.journal import fold, read_journal
 from ledger_stream.kafka.reading import read_topic, reader, true_ends
-from ledger_stream.local import FAST_GROUP_ENV, WorkerProcess
+from ledger_stream.local import WorkerProcess
 from ledger_stream.messages import (
     COMMAND_ADAPTER,
     Command,
@@ -61,7 +59,6 @@ TRANSIT = "@transit"
 # seconds, so this is generous; pytest-timeout bounds each test as a whole.
 CLIENT_TIMEOUT_S = 20.0
 SUBMIT_ATTEMPTS_MAX = 10
-WORKER_READY_TIMEOUT_S = 90.0
 POLL_S = 0.25
 # A crashed worker's partitions move once its group session times out: 3 s instead of
 # FAST_GROUP_ENV's 6 s saves most of a restart in the cases that crash workers on purpose.
@@ -69,64 +66,6 @@ QUICK_FAILOVER_ENV = {"LEDGER_SESSION_TIMEOUT_S": "3", "LEDGER_HEARTBEAT_INTERVA
 
 
 # -- worker processes ---------------------------------------------------------------------
-
-
-class Workers:
-    """Starts worker processes of one ledger; `stop_all` stops each one it started, by pid.
-
-    Every start gets a log file of its own (`wait_for_log` reads the whole file).
-    """
-
-    def __init__(self, settings: Settings, root: Path) -> None:
-        self.settings = settings
-        self.root = root
-        self.started: list[WorkerProcess] = []
-        self.env = {
-            **FAST_GROUP_ENV,
-            "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
-            "LEDGER_PARTITIONS": str(settings.partitions),
-        }
-
-    def start(
-        self, data_dir: Path | None = None, *, env: dict[str, str] | None = None
-    ) -> WorkerProcess:
-        """Start a worker (default data dir `<root>/worker`); do not wait for it."""
-        worker = WorkerProcess(
-            self.settings.bootstrap_servers,
-            data_dir or self.root / "worker",
-            log_path=self.root / f"worker-{len(self.started) + 1}.log",
-            env={**self.env, **(env or {})},
-        )
-        self.started.append(worker)
-        return worker.start()
-
-    def start_ready(self, data_dir: Path | None = None) -> WorkerProcess:
-        """Start a worker and wait until it has restored and claimed its partitions."""
-        worker = self.start(data_dir)
-        if not worker.wait_for_log("Worker ready", WORKER_READY_TIMEOUT_S):
-            tail = worker.log_tail(60)
-            worker.stop()
-            pytest.fail(f"worker pid {worker.pid} did not become ready; log tail:\n{tail}")
-        return worker
-
-    def any_alive(self) -> bool:
-        return any(worker.alive() for worker in self.started)
-
-    def logs(self, lines: int = 40) -> str:
-        """The tail of every worker's log, for a failure message."""
-        return "\n".join(
-            f"--- {w.log_path.name} pid {w.pid} exit {exit_code(w)}\n{w.log_tail(lines)}"
-            for w in self.started
-        )
-
-    def stop_all(self) -> None:
-        for worker in reversed(self.started):
-            resume(worker)  # a paused worker cannot act on SIGTERM
-            worker.stop()
-
-
-def exit_code(worker: WorkerProcess) -> int | None:
-    return None if worker.process is None else worker.process.poll()
 
 
 def wait_exit(worker: WorkerProcess, timeout_s: float) -> int | None:
@@ -142,13 +81,6 @@ def pause(worker: WorkerProcess) -> None:
     """SIGSTOP, by pid: the worker stops mid-step, its sockets open, its heartbeats gone."""
     assert worker.process is not None and worker.alive()
     os.kill(worker.process.pid, signal.SIGSTOP)
-
-
-def resume(worker: WorkerProcess) -> None:
-    """SIGCONT, by pid; harmless when the worker is not paused."""
-    if worker.process is not None and worker.alive():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(worker.process.pid, signal.SIGCONT)
 
 
 async def owned_partitions(worker: WorkerProcess) -> tuple[str, list[int]]:

@@ -14,19 +14,17 @@ import pytest
 from ledger_load import (
     Load,
     StateEntry,
-    Workers,
     accounts_on_every_partition,
     assert_ledger_sound,
     client_for,
-    exit_code,
     finished,
     owned_partitions,
     pause,
     polled,
     read_state_log,
-    resume,
     until,
 )
+from worker_harness import Workers, exit_code, resume
 
 from agents.writer import EXIT_FENCED
 from ledger_stream.local import WorkerProcess

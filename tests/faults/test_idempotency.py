@@ -13,7 +13,6 @@ import pytest
 from ledger_load import (
     CURRENCY,
     Load,
-    Workers,
     accounts_on_every_partition,
     assert_ledger_sound,
     beside,
@@ -24,6 +23,7 @@ from ledger_load import (
     new_command,
     random_commands,
 )
+from worker_harness import Workers
 
 from ledger_stream.messages import Command, Result
 from ledger_stream.partitioning import partition_of

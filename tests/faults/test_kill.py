@@ -14,12 +14,12 @@ import pytest
 from ledger_load import (
     QUICK_FAILOVER_ENV,
     Load,
-    Workers,
     accounts_on_every_partition,
     assert_ledger_sound,
     client_for,
     finished,
 )
+from worker_harness import Workers
 
 from ledger_stream.settings import Settings
 

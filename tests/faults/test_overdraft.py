@@ -13,13 +13,13 @@ import random
 import pytest
 from ledger_load import (
     Load,
-    Workers,
     accounts_on_every_partition,
     assert_ledger_sound,
     beside,
     client_for,
     new_command,
 )
+from worker_harness import Workers
 
 from ledger_stream.kafka.reading import read_topic
 from ledger_stream.partitioning import partition_of

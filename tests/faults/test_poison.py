@@ -15,7 +15,6 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from ledger_load import (
     Load,
-    Workers,
     accounts_on_every_partition,
     assert_ledger_sound,
     beside,
@@ -25,6 +24,7 @@ from ledger_load import (
     new_command,
     polled,
 )
+from worker_harness import Workers
 
 from ledger_stream.kafka.reading import read_topic
 from ledger_stream.messages import Result

@@ -12,7 +12,6 @@ import random
 import pytest
 from ledger_load import (
     Load,
-    Workers,
     accounts_on_every_partition,
     assert_ledger_sound,
     beside,
@@ -20,6 +19,7 @@ from ledger_load import (
     finished,
     new_command,
 )
+from worker_harness import Workers
 
 from ledger_stream.journal import read_journal
 from ledger_stream.messages import Command

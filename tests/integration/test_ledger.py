@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from worker_harness import Workers
 
 from ledger_stream.client import LedgerClient
 from ledger_stream.journal import Books, fold, read_journal
@@ -129,9 +130,9 @@ async def record_at(settings: Settings, topic: str, partition: int, offset: int)
 
 
 @pytest.fixture(scope="module")
-def worker(module_workers: Callable[[], WorkerProcess]) -> WorkerProcess:
+def worker(module_workers: Workers) -> WorkerProcess:
     """The module's one worker (stopped by pid by `module_workers` when the module ends)."""
-    return module_workers()
+    return module_workers.start_ready()
 
 
 @pytest.fixture
@@ -548,9 +549,9 @@ async def answer_or_exit(answer: Awaitable[T], worker: WorkerProcess) -> T:
 
 
 async def test_amount_past_64_bits_is_refused_and_the_worker_goes_on(
-    ledger: Settings, workers: Callable[[], WorkerProcess]
+    ledger: Settings, workers: Workers
 ) -> None:
-    worker = workers()
+    worker = workers.start_ready()
     topics = TopicNames.from_settings(ledger)
     account = account_on(0, "huge", ledger.partitions)
     async with LedgerClient(

@@ -8,12 +8,11 @@ so the command it took stays unanswered and its partition stalls.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+from worker_harness import Workers
 
 from ledger_stream.client import LedgerClient
-from ledger_stream.local import FAST_GROUP_ENV, WorkerProcess
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
 
@@ -32,20 +31,15 @@ def _stalled(metrics: str) -> dict[tuple[str, str], float]:
 
 
 async def test_a_stalled_partition_is_named_in_the_log_and_the_metric(
-    ledger: Settings, tmp_path: Path
+    ledger: Settings, workers: Workers
 ) -> None:
     env = {
-        **FAST_GROUP_ENV,
-        "LEDGER_TOPIC_PREFIX": ledger.topic_prefix,
-        "LEDGER_PARTITIONS": str(ledger.partitions),
         "LEDGER_STALL_TIMEOUT_S": str(STALL_TIMEOUT_S),
         "LEDGER_FAULT_POINT": "decided",
         "LEDGER_FAULT_ACTION": "hang",
     }
-    worker = WorkerProcess(ledger.bootstrap_servers, tmp_path / "worker", env=env)
-    worker.start()
+    worker = await asyncio.to_thread(workers.start_ready, env=env)
     try:
-        assert worker.wait_for_log("Worker ready", WAIT_S), worker.log_tail()
         async with LedgerClient(ledger.bootstrap_servers, topic_prefix=ledger.topic_prefix) as c:
             c.send_raw(
                 "alice",

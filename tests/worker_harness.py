@@ -1,0 +1,83 @@
+"""Worker processes for the tests that run a ledger: started with the ledger's settings,
+each stopped by pid when the test (or module) that started it ends."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from ledger_stream.local import FAST_GROUP_ENV, WorkerProcess
+from ledger_stream.settings import Settings
+
+WORKER_READY_TIMEOUT_S = 90.0
+
+
+class Workers:
+    """Starts worker processes of one ledger; `stop_all` stops each one it started, by pid.
+
+    Every start gets a log file of its own (`wait_for_log` reads the whole file).
+    """
+
+    def __init__(self, settings: Settings, root: Path) -> None:
+        self.settings = settings
+        self.root = root
+        self.started: list[WorkerProcess] = []
+        self.env = {
+            **FAST_GROUP_ENV,
+            "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
+            "LEDGER_PARTITIONS": str(settings.partitions),
+        }
+
+    def start(
+        self, data_dir: Path | None = None, *, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        """Start a worker (default data dir `<root>/worker`); do not wait for it."""
+        worker = WorkerProcess(
+            self.settings.bootstrap_servers,
+            data_dir or self.root / "worker",
+            log_path=self.root / f"worker-{len(self.started) + 1}.log",
+            env={**self.env, **(env or {})},
+        )
+        self.started.append(worker)
+        return worker.start()
+
+    def start_ready(
+        self, data_dir: Path | None = None, *, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        """Start a worker and wait until it has restored and claimed its partitions."""
+        worker = self.start(data_dir, env=env)
+        if not worker.wait_for_log("Worker ready", WORKER_READY_TIMEOUT_S):
+            tail = worker.log_tail(60)
+            worker.stop()
+            pytest.fail(f"worker pid {worker.pid} did not become ready; log tail:\n{tail}")
+        return worker
+
+    def any_alive(self) -> bool:
+        return any(worker.alive() for worker in self.started)
+
+    def logs(self, lines: int = 40) -> str:
+        """The tail of every worker's log, for a failure message."""
+        return "\n".join(
+            f"--- {w.log_path.name} pid {w.pid} exit {exit_code(w)}\n{w.log_tail(lines)}"
+            for w in self.started
+        )
+
+    def stop_all(self) -> None:
+        for worker in reversed(self.started):
+            resume(worker)  # a paused worker cannot act on SIGTERM
+            worker.stop()
+
+
+def exit_code(worker: WorkerProcess) -> int | None:
+    return None if worker.process is None else worker.process.poll()
+
+
+def resume(worker: WorkerProcess) -> None:
+    """SIGCONT, by pid; harmless when the worker is not paused."""
+    if worker.process is not None and worker.alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.process.pid, signal.SIGCONT)
