@@ -8,7 +8,9 @@ Per batch, in this order, written down here and nowhere else:
    stop, sending nothing (`state/log.py`);
 4. write the committed changes to the local store (in step 3, right after each ack);
 5. send journal events, results, legs and dead letters, and wait for every ack;
-6. only then acknowledge the input (commit the group's offsets).
+6. only then acknowledge the input (commit the group's offsets);
+7. now and then, between batches, snapshot a partition's state into its state log (compacting
+   outcomes past their window), and delete the log before the snapshot that came before.
 An error at any step stops the worker without acknowledging the batch: a restarted worker
 restores from the state log and reads the batch again, and a command that already has an
 outcome re-sends the same outputs (same keys, same bytes), so nothing is lost or counted
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from prometheus_client import Counter, Histogram
@@ -40,6 +43,7 @@ from ledger_stream.core import (
     Decision,
     Incoming,
     accounts_to_prefetch,
+    compacted,
     decide,
     outcomes_to_prefetch,
 )
@@ -53,7 +57,7 @@ from ledger_stream.messages import AccountState, Outcome
 from ledger_stream.outputs import Outbox
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
-from ledger_stream.state.log import Fenced, PartitionLog, commit_bytes_max
+from ledger_stream.state.log import Fenced, PartitionLog, commit_bytes_max, is_whole
 from ledger_stream.state.store import Changes, PartitionStore
 from ledger_stream.topics import STATE_RECORD_BYTES_MAX, TopicNames
 
@@ -62,6 +66,7 @@ logger = logging.getLogger(__name__)
 RESULTS = Counter("ledger_results_total", "Results written", ["status", "code"])
 DEAD_LETTERS = Counter("ledger_dead_letters_total", "Records sent to the dead-letter topic")
 COMMITS = Counter("ledger_state_commits_total", "State records committed")
+SNAPSHOTS = Counter("ledger_state_snapshots_total", "Snapshots written to the state log")
 WRITTEN_BYTES = Counter(
     "ledger_written_bytes_total",
     "Bytes of keys and values the writer sent, by topic (state, journal, results, legs, "
@@ -107,6 +112,9 @@ class Writer:
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.reader: AIOKafkaConsumer | None = None
+        self.admin: AIOKafkaAdminClient | None = None  # deletes state log before snapshots
+        self.trim_refused = False
+        self.latest_ms: dict[int, int] = {}  # newest record time seen, by partition
 
     # -- running ------------------------------------------------------------------------
 
@@ -154,6 +162,8 @@ class Writer:
             await self.consumer.stop()  # leaves the group: the partitions move at once
             await self.reader.stop()
             await self.producer.stop()
+            if self.admin is not None:
+                await self.admin.close()
             for log in self.logs.values():
                 log.store.close()
 
@@ -236,6 +246,7 @@ class Writer:
         await self._send_outputs(outbox)
         await self.faults.passed("outputs-sent")
         await self._acknowledge(owned)
+        await self._snapshot_where_due(sorted(decided))
         BATCH_SECONDS.observe(time.perf_counter() - started)
         for reply in outbox.results:
             RESULTS.labels(reply.result.status, reply.result.code or "").inc()
@@ -253,6 +264,7 @@ class Writer:
 
         inputs: list[Incoming] = []
         letters = Outbox()
+        self.latest_ms[number] = max(self.latest_ms.get(number, 0), *(r.timestamp for r in records))
         for record in records:
             read = read_record(_record(record, self.topics.legs), is_here)
             inputs.extend(read.inputs)
@@ -293,6 +305,62 @@ class Writer:
         except Fenced as error:
             _stop_worker(EXIT_FENCED, f"{error}; stopping without sending this batch's outputs")
         await self.faults.passed("committed")
+
+    async def _snapshot_where_due(self, numbers: list[int]) -> None:
+        """Step 7: snapshot each partition whose state log has grown enough since its last
+        snapshot, then delete the log before the snapshot before it."""
+        window_ms = self.settings.outcome_window_s * 1000
+        acknowledged = {
+            (tp.topic, tp.partition): next_ for tp, next_ in self.progress.acked.items()
+        }
+        for number in numbers:
+            log = self.logs.get(number)
+            if log is None or not log.snapshot_due(self.settings.snapshot_bytes):
+                continue
+            before_ms = self.latest_ms.get(number, 0) - window_ms
+
+            def compact(value: bytes, before_ms: int = before_ms) -> bytes | None:
+                if not is_whole(value):
+                    return None
+                smaller = compacted(Outcome.model_validate_json(value), before_ms, acknowledged)
+                return (
+                    None
+                    if smaller is None
+                    else smaller.model_dump_json(exclude_defaults=True).encode()
+                )
+
+            previous = log.store.snapshot
+            try:
+                figures = await log.snapshot(
+                    compact, lambda: self.faults.passed("snapshot-partly-written")
+                )
+            except Fenced as error:
+                _stop_worker(EXIT_FENCED, f"{error}; stopped while writing a snapshot")
+            SNAPSHOTS.inc()
+            logger.info("partition %d: %s", number, figures)
+            if previous is not None:
+                await self._trim(number, previous.base)
+
+    async def _trim(self, number: int, before: int) -> None:
+        """Delete the state log of partition `number` before offset `before`, where the broker
+        allows it; a broker that does not is named once and the log kept."""
+        if self.trim_refused:
+            return
+        try:
+            if self.admin is None:
+                self.admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers)
+                await self.admin.start()
+            tp = TopicPartition(self.topics.state, number)
+            await self.admin.delete_records({tp: RecordsToDelete(before)})
+        except Exception as error:
+            self.trim_refused = True
+            logger.warning(
+                "the broker did not delete state records (%r); the state log keeps every "
+                "record, and restores still start at the latest snapshot. Not asking again.",
+                error,
+            )
+            return
+        logger.info("partition %d: state log before offset %d deleted", number, before)
 
     async def _append(self, partition: int, value: bytes) -> int:
         """Append one record to a state partition; the offset it landed at."""

@@ -320,7 +320,7 @@ def _read_entries(records: Iterable[LogRecord]) -> _Entries:
 
 @dataclass
 class _WriterState:
-    """The writers' state: valid commits of the state log applied in offset order."""
+    """The writers' state: valid commits and snapshots of the state log applied in offset order."""
 
     records: int = 0
     void: int = 0
@@ -341,8 +341,10 @@ def _read_state(records: Iterable[LogRecord]) -> _WriterState:
         if commit.expect != record.offset:  # void: it landed where its writer did not own
             state.void += 1
             continue
-        if commit.kind != "commit":
+        if commit.kind == "claim":
             continue
+        # A snapshot holds the state as of its base: read in order it changes nothing, and
+        # where the log before it was deleted it is where the state begins.
         state.accounts.update(commit.accounts)
         if commit.head is not None:
             state.heads[record.partition] = commit.head

@@ -152,6 +152,31 @@ def outcome_key(message: Command | Leg) -> str:
     return f"cmd:{message.command_id}"
 
 
+def compacted(
+    outcome: Outcome, before_ms: int, acknowledged: Mapping[tuple[str, int], int]
+) -> Outcome | None:
+    """What is kept of an outcome for good once it was decided before `before_ms` (record
+    time): its fingerprint and its answer, so a late repeat is still answered and never
+    applied twice, without the journal events and legs a repeat inside the window re-sends.
+
+    None while it stays whole: decided since; waiting for its legs (no result yet); its
+    last input (`origin`) not yet acknowledged, so a restart may read that input again and
+    must re-send its outputs (`acknowledged`: the next offset to read per topic and
+    partition); or compact already. So any window is safe, 0 included.
+    """
+    if outcome.result is None or (outcome.timestamp_ms or 0) >= before_ms:
+        return None
+    if not outcome.journal and not outcome.legs and outcome.origin is None:
+        return None
+    if outcome.origin:
+        topic, partition, offset, _ = outcome.origin.split("/")
+        if int(offset) >= acknowledged.get((topic, int(partition)), 0):
+            return None
+    return Outcome(
+        fingerprint=outcome.fingerprint, result=outcome.result, timestamp_ms=outcome.timestamp_ms
+    )
+
+
 def fingerprint(message: Command | Leg) -> str:
     """Digest of what makes a command (or leg) the same one again; routing is not part of it."""
     fields: dict[str, Any] = message.fingerprint_fields()
@@ -246,6 +271,7 @@ def _decide_input(
         journal=[state.stamp(event) for event in outputs.journal],
         legs=list(outputs.legs),
         origin=incoming.origin or None,
+        timestamp_ms=incoming.timestamp_ms,
     )
     state.put_outcome(key, outcome)
     decision.emit(outcome, message.reply_partition)
@@ -494,12 +520,12 @@ def _return_to_source(state: _State, decision: Decision, leg: Leg, incoming: Inc
         return
     # After this point the transfer must end here: it matches what was sent.
     if leg.type == "settle":
-        _finish_at_source(state, leg, _leg_result(leg, "accepted", None), [])
+        _finish_at_source(state, leg, incoming, _leg_result(leg, "accepted", None), [])
         return
     postings = _move(state, TRANSIT, leg.source, leg.amount)
     event = state.stamp(_leg_event(leg, 2, "transfer_refund", postings, incoming.timestamp_ms))
     result = _leg_result(leg, "rejected", leg.code)
-    _finish_at_source(state, leg, result, [event])
+    _finish_at_source(state, leg, incoming, result, [event])
     decision.results.append(Reply(result, leg.reply_partition))
     decision.journal.append(event)
 
@@ -547,10 +573,13 @@ def _leg_event(
     )
 
 
-def _finish_at_source(state: _State, leg: Leg, result: Result, journal: list[JournalEvent]) -> None:
+def _finish_at_source(
+    state: _State, leg: Leg, incoming: Incoming, result: Result, journal: list[JournalEvent]
+) -> None:
     """The transfer has landed or come back: it is no longer in transit from its source, and
     the source's record of the command now carries the final answer (and no legs to re-send,
-    since the destination has them)."""
+    since the destination has them). Its `origin` becomes the leg's, the last input that
+    changed it."""
     source = state.account(leg.source)
     # The leg matches the transfer posted from this account, which has not ended yet.
     assert source is not None and source.debits_in_transit >= leg.amount
@@ -559,7 +588,12 @@ def _finish_at_source(state: _State, leg: Leg, result: Result, journal: list[Jou
     key = outcome_key(leg)
     original = state.outcome(key)
     assert original is not None
-    update = {"result": result, "journal": [*original.journal, *journal], "legs": []}
+    update = {
+        "result": result,
+        "journal": [*original.journal, *journal],
+        "legs": [],
+        "origin": incoming.origin or original.origin,
+    }
     state.put_outcome(key, replaced(original, **update))
 
 

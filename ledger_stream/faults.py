@@ -23,6 +23,7 @@ POINTS = (
     "applied",  # the local store is written, no output sent
     "outputs-partly-sent",  # some outputs are acked, not all
     "outputs-sent",  # every output is acked, the input not yet acknowledged
+    "snapshot-partly-written",  # after the batch, a snapshot's record is acked, not its last
 )
 EXIT_FAULT = 86
 ACTIONS = ("exit", "hang")

@@ -276,6 +276,9 @@ class Outcome(Message):
     origin: str | None = Field(
         default=None, description="topic/partition/offset/index of the record that decided it"
     )
+    timestamp_ms: int | None = Field(
+        default=None, description="Timestamp of the record that decided it (for the window)"
+    )
 
 
 class JournalHead(Message):
@@ -294,14 +297,24 @@ class StateRecord(Message):
     at any other offset is void, for its writer and for recovery. A new owner appends a
     `claim` at the end it restored to; a writer that finds a valid record of another writer
     between its last one and its commit has lost the partition.
+
+    A `snapshot` is the whole state of the partition as of its `base` offset, written by the
+    owner between batches as records of the same kind (`last` on the final one, which holds
+    nothing): a restore into an empty store starts at the base of the latest complete one,
+    which every record names (`snapshot`), and the log before an older one may be deleted.
     """
 
-    kind: Literal["commit", "claim"]
+    kind: Literal["commit", "claim", "snapshot"]
     expect: int = Field(ge=0, description="Offset this record is valid at")
     writer: str = Field(description="Id of the writer process incarnation that wrote it")
     accounts: dict[str, AccountState] = Field(default_factory=dict)
     outcomes: dict[str, Outcome] = Field(default_factory=dict)
     head: JournalHead | None = Field(default=None, description="Journal chain after the commit")
+    snapshot: int | None = Field(
+        default=None, description="Base offset of the latest complete snapshot its writer knew"
+    )
+    base: int | None = Field(default=None, description="A snapshot record's snapshot: its first")
+    last: bool = Field(default=False, description="The snapshot record that completes it")
 
 
 # Message models whose JSON Schema is published in schemas/, by file stem.

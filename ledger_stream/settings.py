@@ -77,6 +77,22 @@ class Settings(BaseSettings):
         default=-1, ge=-1, description="Journal retention (-1: keep forever; compacted)"
     )
     results_retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=-1)
+    outcome_window_s: int = Field(
+        default=600,
+        ge=0,
+        description="How long, by record time, a command's outcome keeps the journal events "
+        "and legs a repeat re-sends; after that (and once its input is acknowledged) only its "
+        "fingerprint and result are kept, for good, so a late repeat is still answered and "
+        "never applied twice. Any value is safe, 0 included",
+    )
+    snapshot_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1,
+        description="State log a partition grows by before its owner writes a snapshot of its "
+        "state there (and at least the last snapshot's size). A restore into an empty store "
+        "starts at the latest snapshot; the log before the one before it is deleted where the "
+        "broker allows (Apache Kafka; the embedded broker keeps it)",
+    )
     stall_timeout_s: float = Field(
         default=30.0,
         gt=0,

@@ -12,14 +12,19 @@ versions:
 - a writer whose commit landed late only because of void records in between commits again
   at the new end: void records change nothing, so its decision still holds.
 The state topic is never compacted: compaction knows nothing of void records and would keep
-a void value over a valid one.
+a void value over a valid one. Instead the owner writes a snapshot now and then: the whole
+state as of one offset, in `snapshot` records fenced like commits, the last of them marking
+it complete. Every record names the latest complete snapshot its writer knew, so a restore
+into an empty store reads from there rather than from offset 0, and the log before the
+snapshot that came before it may be deleted.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -27,12 +32,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from ledger_stream.errors import LedgerError
 from ledger_stream.kafka.reading import read_range, true_ends
 from ledger_stream.messages import JournalHead
-from ledger_stream.state.store import Changes, PartitionStore, Position, digest
+from ledger_stream.state.store import Changes, PartitionStore, Position, SnapshotMark, digest
 
 logger = logging.getLogger(__name__)
 
 APPEND_ATTEMPTS_MAX = 20  # tries to land a claim or a commit at the end it read
 APPLY_RECORDS_MAX = 1000  # records applied per local write batch while restoring
+SNAPSHOT_RECORD_BYTES = 1024 * 1024  # state carried by one snapshot record
+SNAPSHOT_SCAN_MAX = 1000  # records read back from the end to find the latest snapshot
 
 # Appends one record to a state partition and returns the offset it landed at.
 Append = Callable[[int, bytes], Awaitable[int]]
@@ -53,10 +60,19 @@ def commit_bytes_max(changes: Changes) -> int:
     return _RECORD_OVERHEAD_BYTES_MAX + sum(len(key) + len(value) + 4 for key, value in items)
 
 
-def encode(kind: str, expect: int, writer: str, changes: Changes | None = None) -> bytes:
-    """A `StateRecord` as JSON, built from the already serialized account and outcome values."""
+def encode(
+    kind: str,
+    expect: int,
+    writer: str,
+    changes: Changes | None = None,
+    marks: Mapping[str, int | bool] | None = None,
+) -> bytes:
+    """A `StateRecord` as JSON, built from the already serialized account and outcome values;
+    `marks` are its snapshot fields (`snapshot`, `base`, `last`)."""
     parts = [b'{"kind":', orjson.dumps(kind), b',"expect":', str(expect).encode()]
     parts += [b',"writer":', orjson.dumps(writer)]
+    for name, mark in (marks or {}).items():
+        parts += [b',"', name.encode(), b'":', orjson.dumps(mark)]
     if changes is not None:
         if changes.head is not None:
             parts += [b',"head":', changes.head.model_dump_json().encode()]
@@ -68,13 +84,44 @@ def encode(kind: str, expect: int, writer: str, changes: Changes | None = None) 
 
 
 @dataclass
+class SnapshotFigures:
+    """What one snapshot holds, for the log line and the sizing figures in the README."""
+
+    base: int = 0
+    records: int = 0
+    size_bytes: int = 0
+    accounts: int = 0
+    account_bytes: int = 0
+    outcomes_whole: int = 0
+    whole_bytes: int = 0
+    outcomes_compact: int = 0
+    compact_bytes: int = 0
+    compacted_now: int = 0
+
+    def __str__(self) -> str:
+        def each(size: int, count: int) -> str:
+            return f"{size / count:.0f} B each" if count else "none"
+
+        return (
+            f"snapshot at state offset {self.base}: {self.records} records, "
+            f"{self.size_bytes:,} bytes; {self.accounts:,} accounts "
+            f"({each(self.account_bytes, self.accounts)}), {self.outcomes_whole:,} outcomes "
+            f"whole ({each(self.whole_bytes, self.outcomes_whole)}), {self.outcomes_compact:,} "
+            f"compact ({each(self.compact_bytes, self.outcomes_compact)}; "
+            f"{self.compacted_now:,} compacted now)"
+        )
+
+
+@dataclass
 class _Read:
     """What catching up over a stretch of the log found."""
 
     changes: Changes
     others: int = 0  # valid records of other writers
     ours: int = 0  # valid records of this writer
+    ours_at: int = -1  # offset of the last of them
     void: int = 0
+    snapshot_bytes: dict[int, int] = field(default_factory=dict)  # by base, valid records
 
 
 class PartitionLog:
@@ -97,13 +144,24 @@ class PartitionLog:
         self.writer = writer
         self.reader = reader
         self.append = append
+        self.since_snapshot_bytes = 0  # state log read or written since the latest snapshot
 
     async def restore(self) -> None:
-        """Bring the local store to the true end of the log, then claim the partition."""
+        """Bring the local store to the true end of the log, then claim the partition. An empty
+        store starts at the latest complete snapshot."""
         end = (await true_ends(self.reader, [self.tp]))[self.tp]
         start = (await self.reader.beginning_offsets([self.tp]))[self.tp]
         await self._check_local(start, end)
-        caught_up = await self._catch_up(self.store.position.next_offset, end)
+        begin = self.store.position.next_offset
+        if begin == 0 and end > 0:
+            begin = await self._snapshot_start(start, end)
+            logger.info(
+                "partition %d: restoring from state offset %d (%s)",
+                self.partition,
+                begin,
+                "a snapshot" if begin > start else "the log start",
+            )
+        caught_up = await self._catch_up(begin, end)
         logger.info(
             "partition %d: state restored to offset %d (%d void records skipped)",
             self.partition,
@@ -112,7 +170,7 @@ class PartitionLog:
         )
         for _ in range(APPEND_ATTEMPTS_MAX):
             expect = self.store.position.next_offset
-            value = encode("claim", expect, self.writer)
+            value = encode("claim", expect, self.writer, marks=self._marks())
             landed = await self.append(self.partition, value)
             if landed == expect:
                 self.store.apply(Changes({}, {}), Position(landed + 1, digest(value)))
@@ -128,31 +186,140 @@ class PartitionLog:
     async def commit(self, changes: Changes) -> None:
         """Append `changes` where this writer's log ends and apply them locally, or raise
         `Fenced` when another writer has claimed the partition since."""
+        marks = self._marks()
+
+        def at(expect: int) -> bytes:
+            return encode("commit", expect, self.writer, changes, marks)
+
+        await self._land(at, changes)
+
+    def snapshot_due(self, bytes_min: int) -> bool:
+        """Whether the log has grown, since the latest snapshot, by at least `bytes_min` and
+        by the snapshot's own size (so snapshots take at most half of what is written)."""
+        mark = self.store.snapshot
+        return self.since_snapshot_bytes >= max(bytes_min, mark.size_bytes if mark else 0)
+
+    async def snapshot(
+        self,
+        compact: Callable[[bytes], bytes | None],
+        between_records: Callable[[], Awaitable[None]],
+    ) -> SnapshotFigures:
+        """Write the whole local state to the log as of its end, in records of about
+        `SNAPSHOT_RECORD_BYTES`, then an empty `last` record that completes it; only between
+        batches. `compact(outcome)` gives the compact form of an outcome past its window, or
+        None to keep it whole; the compact forms replace the whole ones locally too."""
+        previous = self.store.snapshot
+        figures = SnapshotFigures()
+        base: int | None = None
+
+        async def write(changes: Changes, local: Changes, last: bool = False) -> None:
+            nonlocal base
+
+            def at(expect: int) -> bytes:
+                marks: dict[str, int | bool] = {"base": expect if base is None else base}
+                if last:
+                    marks["last"] = True
+                if previous is not None:
+                    marks["snapshot"] = previous.base
+                return encode("snapshot", expect, self.writer, changes, marks)
+
+            landed, size = await self._land(at, local)
+            base = landed if base is None else base
+            figures.records += 1
+            figures.size_bytes += size
+
+        changes, local = Changes({}, {}, self.store.head), Changes({}, {})
+        pending = 0
+        for table in ("accounts", "outcomes"):
+            for key, value in self.store.items(table):
+                if table == "accounts":
+                    changes.accounts[key] = value
+                    figures.accounts += 1
+                    figures.account_bytes += len(value)
+                else:
+                    smaller = compact(value)
+                    if smaller is not None:
+                        local.outcomes[key] = value = smaller
+                        figures.compacted_now += 1
+                    changes.outcomes[key] = value
+                    _count_outcome(figures, value)
+                pending += len(key) + len(value) + 4
+                if pending >= SNAPSHOT_RECORD_BYTES:
+                    await write(changes, local)
+                    await between_records()
+                    changes, local, pending = Changes({}, {}), Changes({}, {}), 0
+        if changes.accounts or changes.outcomes or changes.head is not None:
+            await write(changes, local)
+            await between_records()
+        assert base is not None
+        figures.base = base
+        done = Changes({}, {}, snapshot=SnapshotMark(base, figures.size_bytes))
+        await write(Changes({}, {}), done, last=True)
+        self.since_snapshot_bytes = 0
+        return figures
+
+    def _marks(self) -> dict[str, int | bool]:
+        mark = self.store.snapshot
+        return {} if mark is None else {"snapshot": mark.base}
+
+    async def _land(self, value_at: Callable[[int], bytes], changes: Changes) -> tuple[int, int]:
+        """Append the record `value_at(expect)` where this writer's log ends, and apply
+        `changes` locally with it: the offset it landed at and its size. Raise `Fenced` when
+        another writer has claimed the partition since."""
         for _ in range(APPEND_ATTEMPTS_MAX):
             expect = self.store.position.next_offset
-            value = encode("commit", expect, self.writer, changes)
+            value = value_at(expect)
             landed = await self.append(self.partition, value)
             if landed == expect:
                 self.store.apply(changes, Position(landed + 1, digest(value)))
-                return
+                self.since_snapshot_bytes += len(value)
+                return landed, len(value)
             read = await self._catch_up(expect, landed + 1)
             if read.others:
                 raise Fenced(
                     f"partition {self.partition} was claimed by another writer; this "
-                    f"writer's commit at state offset {landed} is void"
+                    f"writer's record at state offset {landed} is void"
                 )
             if read.ours:
-                return  # an earlier attempt landed where it should (its ack was lost)
+                # An earlier attempt landed where it should (its ack was lost); reading it
+                # back applied it.
+                return read.ours_at, len(value)
             logger.warning(
-                "partition %d: commit landed at %d after %d void record(s); committing again",
+                "partition %d: record landed at %d after %d void record(s); writing it again",
                 self.partition,
                 landed,
                 read.void,
             )
         raise Fenced(
-            f"partition {self.partition}: no commit landed at the end in "
+            f"partition {self.partition}: no record landed at the end in "
             f"{APPEND_ATTEMPTS_MAX} attempts; giving the partition up"
         )
+
+    async def _snapshot_start(self, start: int, end: int) -> int:
+        """Where an empty store starts reading: the base of the latest complete snapshot, as
+        the last valid record names it, or the log start when there is none."""
+        for offset in range(end - 1, max(start, end - SNAPSHOT_SCAN_MAX) - 1, -1):
+            data = _parsed(await self._read_at(offset))
+            if data is None or data.get("expect") != offset:
+                continue  # void
+            base = data["base"] if data.get("last") else data.get("snapshot")
+            if base is None or base < start:
+                break
+            return int(base)
+        if start > 0:
+            raise LedgerError(
+                f"{self.tp.topic}-{self.partition} starts at offset {start} (records before it "
+                "were deleted) and names no complete snapshot from there on: its state cannot "
+                "be restored. Restore the topic from a backup."
+            )
+        return start
+
+    async def _read_at(self, offset: int) -> bytes | None:
+        """The value of the record at `offset`, or None when there is none."""
+        async for records in read_range(self.reader, {self.tp: offset}, {self.tp: offset + 1}):
+            for record in records:
+                return record.value or b""
+        return None
 
     async def _check_local(self, start: int, end: int) -> None:
         """Wipe the local store when it is not a prefix of this log."""
@@ -168,12 +335,8 @@ class PartitionLog:
             self.store.wipe(f"the log now starts at {start}, after what it has applied")
             return
         last = position.next_offset - 1
-        values = [
-            record.value or b""
-            async for records in read_range(self.reader, {self.tp: last}, {self.tp: last + 1})
-            for record in records
-        ]
-        if not values or digest(values[0]) != position.last_digest:
+        value = await self._read_at(last)
+        if value is None or digest(value) != position.last_digest:
             self.store.wipe(f"the record at offset {last} is not the one it applied")
 
     async def _catch_up(self, start: int, end: int) -> _Read:
@@ -194,35 +357,37 @@ class PartitionLog:
         return read
 
     def _read_one(self, offset: int, value: bytes, read: _Read) -> None:
-        try:
-            data = orjson.loads(value)
-            kind, expect, writer = data["kind"], data["expect"], data["writer"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        self.since_snapshot_bytes += len(value)
+        data = _parsed(value)
+        if data is None:
             logger.warning(
                 "partition %d: unreadable state record at %d skipped", self.partition, offset
             )
             read.void += 1
             return
-        if expect != offset:
+        if data["expect"] != offset:
             read.void += 1
             return
-        if writer == self.writer:
+        if data["writer"] == self.writer:
             read.ours += 1
+            read.ours_at = offset
         else:
             read.others += 1
-        if kind != "commit":
+        kind = data["kind"]
+        if kind not in ("commit", "snapshot"):
             return
         try:
             accounts = dict(data.get("accounts", {}))
             outcomes = dict(data.get("outcomes", {}))
             head = data.get("head")
             head = None if head is None else JournalHead.model_validate(head)
-        except (TypeError, ValueError) as error:
+            base = int(data["base"]) if kind == "snapshot" else None
+        except (TypeError, ValueError, KeyError) as error:
             # A record at its own `expect` is a commit someone made: dropping it could lose
             # money, so stop and say where it is rather than skip it.
             raise LedgerError(
                 f"state record at offset {offset} of {self.tp.topic}-{self.partition} is a "
-                f"valid commit whose body cannot be read ({error}); it was not written by "
+                f"valid {kind} whose body cannot be read ({error}); it was not written by "
                 "this version of ledger_stream"
             ) from error
         changes = read.changes
@@ -232,3 +397,37 @@ class PartitionLog:
             changes.outcomes[key] = orjson.dumps(outcome)
         if head is not None:
             changes.head = head
+        if base is not None:
+            # A snapshot's records hold the state as of its base: applied in order they
+            # change nothing but outcomes compacted meanwhile.
+            size = read.snapshot_bytes.get(base, 0) + len(value)
+            read.snapshot_bytes[base] = size
+            if data.get("last"):
+                changes.snapshot = SnapshotMark(base, size)
+                self.since_snapshot_bytes = 0
+
+
+def _parsed(value: bytes | None) -> dict[str, Any] | None:
+    """A state record's fields, or None when it is not one."""
+    try:
+        data = orjson.loads(value or b"")
+        if isinstance(data, dict) and {"kind", "expect", "writer"} <= data.keys():
+            return data
+    except orjson.JSONDecodeError:
+        pass
+    return None
+
+
+def is_whole(outcome: bytes) -> bool:
+    """Whether a serialized outcome still carries its outputs: the writer writes whole ones
+    with their `journal` list (empty or not) and compact ones without it."""
+    return b'"journal":' in outcome
+
+
+def _count_outcome(figures: SnapshotFigures, value: bytes) -> None:
+    if is_whole(value):
+        figures.outcomes_whole += 1
+        figures.whole_bytes += len(value)
+    else:
+        figures.outcomes_compact += 1
+        figures.compact_bytes += len(value)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import orjson
 import rocksdict
@@ -24,6 +26,7 @@ _ACCOUNT = b"a:"
 _OUTCOME = b"o:"
 _POSITION = b"m:position"
 _HEAD = b"m:head"
+_SNAPSHOT = b"m:snapshot"
 _IDENTITY = b"m:identity"
 MEMTABLE_BYTES = 8 * 1024 * 1024
 
@@ -42,6 +45,14 @@ class Position:
     last_digest: str = ""
 
 
+@dataclass(frozen=True)
+class SnapshotMark:
+    """The latest complete snapshot in the state log: where it starts, and its bytes."""
+
+    base: int
+    size_bytes: int
+
+
 @dataclass
 class Changes:
     """Serialized state changes of one or more records, applied in one write batch."""
@@ -49,6 +60,7 @@ class Changes:
     accounts: dict[str, bytes]
     outcomes: dict[str, bytes]
     head: JournalHead | None = None
+    snapshot: SnapshotMark | None = None  # a snapshot completed in these records
 
 
 class PartitionStore:
@@ -103,13 +115,17 @@ class PartitionStore:
 
     def accounts(self) -> dict[str, bytes]:
         """Every account of the partition (for audits and tests; not on the hot path)."""
-        found: dict[str, bytes] = {}
-        for key, value in self.db.items(from_key=_ACCOUNT):
+        return dict(self.items("accounts"))
+
+    def items(self, table: Literal["accounts", "outcomes"]) -> Iterator[tuple[str, bytes]]:
+        """Every key and value of a table, in key order, as of the call (a RocksDB iterator
+        reads one point in time, whatever is written meanwhile)."""
+        prefix = _ACCOUNT if table == "accounts" else _OUTCOME
+        for key, value in self.db.items(from_key=prefix):
             assert isinstance(key, bytes) and isinstance(value, bytes)  # raw mode
-            if not key.startswith(_ACCOUNT):
+            if not key.startswith(prefix):
                 break
-            found[key[len(_ACCOUNT) :].decode()] = value
-        return found
+            yield key[len(prefix) :].decode(), value
 
     @property
     def position(self) -> Position:
@@ -118,6 +134,11 @@ class PartitionStore:
             return Position()
         data = orjson.loads(raw)
         return Position(data["next_offset"], data["last_digest"])
+
+    @property
+    def snapshot(self) -> SnapshotMark | None:
+        raw = self.db.get(_SNAPSHOT)
+        return None if raw is None else SnapshotMark(**orjson.loads(raw))
 
     @property
     def head(self) -> JournalHead:
@@ -133,6 +154,9 @@ class PartitionStore:
             batch.put(_OUTCOME + key.encode(), value)
         if changes.head is not None:
             batch.put(_HEAD, changes.head.model_dump_json().encode())
+        if changes.snapshot is not None:
+            mark = {"base": changes.snapshot.base, "size_bytes": changes.snapshot.size_bytes}
+            batch.put(_SNAPSHOT, orjson.dumps(mark))
         position_value = {"next_offset": position.next_offset, "last_digest": position.last_digest}
         batch.put(_POSITION, orjson.dumps(position_value))
         self.db.write(batch)

@@ -14,6 +14,7 @@ import random
 from pathlib import Path
 
 import pytest
+from worker_harness import Workers
 
 _HERE = Path(__file__).resolve().parent
 _SELECTED = pytest.StashKey[bool]()
@@ -59,3 +60,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def rng(request: pytest.FixtureRequest) -> random.Random:
     """This test's random choices: from the session seed and the test's id, nothing else."""
     return random.Random(f"{SEED}/{request.node.nodeid}")
+
+
+# A snapshot after every 64 KiB of state log, and outcomes compacted as soon as their inputs
+# are acknowledged: every fault lands among snapshots, and wiped stores restore from one.
+SNAPSHOTS_OFTEN_ENV = {"LEDGER_SNAPSHOT_BYTES": str(64 * 1024), "LEDGER_OUTCOME_WINDOW_S": "0"}
+
+
+@pytest.fixture
+def workers(workers: Workers) -> Workers:
+    workers.env.update(SNAPSHOTS_OFTEN_ENV)
+    return workers

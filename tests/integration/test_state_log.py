@@ -389,3 +389,105 @@ async def test_a_commit_whose_ack_was_lost_is_recognised_as_landed_and_applied_o
 
     state, _ = await restored(ledger, tmp_path / "b")
     assert state == expected(first, second)
+
+
+# Snapshots: the whole state as of one offset, so an empty store need not read from 0.
+
+
+async def between_records() -> None:
+    return None
+
+
+def compact_odd(value: bytes) -> bytes | None:
+    """A compaction rule for these tests: the outcomes of odd commands become compact."""
+    seq = int(orjson.loads(value)["fingerprint"][1:])
+    return b'{"fingerprint":"c%d"}' % seq if seq % 2 else None
+
+
+class Crash(Exception):
+    """The writer dies between two records of a snapshot."""
+
+
+async def test_an_empty_store_restores_from_the_latest_snapshot_with_its_compacted_outcomes(
+    ledger: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store_dir = tmp_path / "store"
+    async with state_writer(ledger, store_dir, "writer-a") as (log, _):
+        await log.restore()
+        for commit in (commit_of(1, "alice"), commit_of(2, "bob"), commit_of(3, "carol")):
+            await log.commit(commit)
+        figures = await log.snapshot(compact_odd, between_records)
+        await log.commit(commit_of(4, "alice"))
+        live = held(log.store)
+    assert (figures.base, figures.accounts, figures.compacted_now) == (4, 3, 2)
+    # The outcomes of commands 1 and 3 are compact in the live store too.
+    assert live[1] == {
+        "cmd:1": b'{"fingerprint":"c1"}',
+        "cmd:2": b'{"fingerprint":"f2"}',
+        "cmd:3": b'{"fingerprint":"c3"}',
+        "cmd:4": b'{"fingerprint":"f4"}',
+    }
+    kinds = [(offset, kind) for offset, kind, _, _ in await state_records(ledger)]
+    assert kinds[4:] == [(4, "snapshot"), (5, "snapshot"), (6, "commit")]
+
+    shutil.rmtree(store_dir)
+    caplog.set_level(logging.INFO, logger="ledger_stream.state.log")
+    state, position = await restored(ledger, store_dir)
+    assert state == live
+    assert "restoring from state offset 4 (a snapshot)" in caplog.text
+    assert position.next_offset == 8  # after its own claim at 7
+
+
+async def test_a_snapshot_cut_short_is_ignored_and_a_restore_starts_at_the_one_before(
+    ledger: Settings,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("ledger_stream.state.log.SNAPSHOT_RECORD_BYTES", 1)  # a key a record
+    store_dir = tmp_path / "store"
+    commits = [commit_of(1, "alice"), commit_of(2, "bob"), commit_of(3, "carol")]
+
+    async def crash() -> None:
+        raise Crash
+
+    async with state_writer(ledger, store_dir, "writer-a") as (log, _):
+        await log.restore()
+        await log.commit(commits[0])
+        first = await log.snapshot(lambda value: None, between_records)
+        await log.commit(commits[1])
+        with pytest.raises(Crash):
+            await log.snapshot(lambda value: None, crash)
+        await log.commit(commits[2])  # a writer that went on would still commit here
+    assert first.base == 2
+    assert first.records == 3  # alice, cmd:1, then the last record
+
+    shutil.rmtree(store_dir)
+    caplog.set_level(logging.INFO, logger="ledger_stream.state.log")
+    state, _ = await restored(ledger, store_dir)
+    assert state == expected(*commits)
+    assert "restoring from state offset 2 (a snapshot)" in caplog.text
+
+
+async def test_a_snapshot_of_a_writer_claimed_meanwhile_is_void_and_fences_it(
+    ledger: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ledger_stream.state.log.SNAPSHOT_RECORD_BYTES", 1)
+    async with state_writer(ledger, tmp_path / "a", "writer-a") as (old, appender):
+        await old.restore()
+        await old.commit(commit_of(1, "alice"))
+
+        async def new_owner_claims() -> None:
+            async with state_writer(ledger, tmp_path / "b", "writer-b") as (new, _):
+                await new.restore()
+
+        appender.before_next = new_owner_claims
+        with pytest.raises(Fenced):
+            await old.snapshot(lambda value: None, between_records)
+    records = await state_records(ledger)
+    assert [(kind, offset == expect) for offset, kind, expect, _ in records[2:]] == [
+        ("claim", True),
+        ("snapshot", False),
+    ]
+    state, _ = await restored(ledger, tmp_path / "c")
+    assert state == expected(commit_of(1, "alice"))

@@ -19,6 +19,7 @@ from ledger_stream.core import (
     Decision,
     Incoming,
     accounts_to_prefetch,
+    compacted,
     decide,
     fingerprint,
     outcomes_to_prefetch,
@@ -32,6 +33,7 @@ from ledger_stream.messages import (
     JournalHead,
     Leg,
     OpenAccount,
+    Outcome,
     Transfer,
     Withdraw,
 )
@@ -1487,3 +1489,83 @@ def test_hostile_credit_legs_are_refunded_and_the_refund_is_refused_at_the_sourc
         "refund leg for transfer 't7', never posted on this partition"
     ]
     assert source.accounts["alice"] == usd(credits_posted=100)
+
+
+# Outcomes past their window keep only what answers a late repeat.
+
+ACKED = {("cmds", 0): 8, ("legs", 0): 6}  # next offset to read, per topic and partition
+
+
+def decided_deposit(origin: str = "cmds/0/7/0") -> tuple[AccountState, Outcome]:
+    decision = decide(
+        {"alice": usd()},
+        {"cmd:d1": None},
+        [Incoming(deposit("alice", 5, command_id="d1"), 1_000, origin)],
+        is_local,
+    )
+    return decision.accounts["alice"], decision.outcomes["cmd:d1"]
+
+
+def test_an_outcome_past_its_window_keeps_its_fingerprint_and_answer_and_still_dedups() -> None:
+    alice, whole = decided_deposit()
+    compact = compacted(whole, 1_001, ACKED)
+    assert compact is not None
+    assert (compact.fingerprint, compact.result, compact.timestamp_ms) == (
+        whole.fingerprint,
+        whole.result,
+        1_000,
+    )
+    assert (compact.journal, compact.legs, compact.origin) == ([], [], None)
+    repeat = decide(
+        {"alice": alice},
+        {"cmd:d1": compact},
+        [Incoming(deposit("alice", 5, command_id="d1"), 9_000, "cmds/0/20/0")],
+        is_local,
+    )
+    assert [(r.result.status, r.result.duplicate) for r in repeat.results] == [("accepted", True)]
+    assert (repeat.journal, repeat.accounts, repeat.outcomes) == ([], {}, {})
+    conflict = decide(
+        {"alice": alice},
+        {"cmd:d1": compact},
+        [Incoming(deposit("alice", 6, command_id="d1"), 9_000, "cmds/0/21/0")],
+        is_local,
+    )
+    assert [r.result.code for r in conflict.results] == ["exists_with_different_payload"]
+    assert compacted(compact, 1_001, ACKED) is None  # compact already
+
+
+@pytest.mark.parametrize(
+    ("origin", "before_ms", "why"),
+    [
+        ("cmds/0/7/0", 1_000, "decided at the cut-off, not before it"),
+        ("cmds/0/8/0", 1_001, "its input is not acknowledged: a restart reads it again"),
+        ("cmds/1/0/0", 1_001, "nothing acknowledged on that partition yet"),
+    ],
+)
+def test_an_outcome_stays_whole_inside_its_window_and_until_its_input_is_acknowledged(
+    origin: str, before_ms: int, why: str
+) -> None:
+    _, whole = decided_deposit(origin)
+    assert compacted(whole, before_ms, ACKED) is None, why
+
+
+def test_a_transfer_stays_whole_until_its_legs_return_and_the_return_is_acknowledged() -> None:
+    source, target = two_partitions()
+    command = transfer("alice", "bob", 30, command_id="t1")
+    debit = decide(
+        source.accounts, {"cmd:t1": None}, [Incoming(command, 1_000, "cmds/0/1/0")], source.is_local
+    )
+    in_transit = debit.outcomes["cmd:t1"]
+    assert compacted(in_transit, 5_000, ACKED) is None  # no result yet: its legs may be needed
+    credit = target.run(debit.legs)
+    settle = decide(
+        debit.accounts,
+        {"cmd:t1": in_transit},
+        [Incoming(credit.legs[0], 2_000, "legs/0/6/0")],
+        source.is_local,
+    )
+    settled = settle.outcomes["cmd:t1"]
+    assert settled.origin == "legs/0/6/0"  # the last input that changed it
+    assert compacted(settled, 5_000, ACKED) is None
+    compact = compacted(settled, 5_000, {**ACKED, ("legs", 0): 7})
+    assert compact is not None and compact.result == settled.result

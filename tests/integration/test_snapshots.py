@@ -1,0 +1,90 @@
+"""Growth: a worker snapshots its partitions' state into the state log and compacts the
+outcomes past their window (here 0 s, a snapshot after every batch). A worker with an empty
+store restores from the latest snapshot, and a late repeat of a compacted command is still
+answered with its original decision and moves nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import orjson
+from worker_harness import Workers
+
+from ledger_stream.audit import audit
+from ledger_stream.client import LedgerClient
+from ledger_stream.kafka.reading import read_topic
+from ledger_stream.partitioning import partition_of
+from ledger_stream.settings import Settings
+from ledger_stream.topics import TopicNames
+
+SNAPSHOT_EVERY_BATCH_ENV = {"LEDGER_SNAPSHOT_BYTES": "1", "LEDGER_OUTCOME_WINDOW_S": "0"}
+WAIT_S = 60.0
+
+
+async def latest_snapshot_outcomes(settings: Settings, partition: int) -> dict[str, Any]:
+    """The outcomes of the latest complete snapshot of one state partition."""
+    topic = TopicNames.from_settings(settings).state
+    snapshots: dict[int, dict[str, Any]] = {}
+    complete: list[int] = []
+    async for records in read_topic(settings.bootstrap_servers, topic, [partition]):
+        for record in records:
+            data = orjson.loads(record.value or b"")
+            if data["kind"] != "snapshot" or data["expect"] != record.offset:
+                continue
+            snapshots.setdefault(data["base"], {}).update(data.get("outcomes", {}))
+            if data.get("last"):
+                complete.append(data["base"])
+    assert complete, f"no complete snapshot in {topic}-{partition}"
+    return snapshots[complete[-1]]
+
+
+async def balance(worker: Any, account: str) -> int:
+    return int(json.loads(await worker.view(f"/accounts/{account}/"))["balance"])
+
+
+async def test_a_restore_from_a_snapshot_answers_late_repeats_of_compacted_commands(
+    ledger: Settings, workers: Workers
+) -> None:
+    alice, bob = (
+        "alice",
+        next(
+            f"bob-{i}"
+            for i in range(100)
+            if partition_of(f"bob-{i}", ledger.partitions)
+            != partition_of("alice", ledger.partitions)
+        ),
+    )
+    first = await asyncio.to_thread(workers.start_ready, env=SNAPSHOT_EVERY_BATCH_ENV)
+    client = LedgerClient(ledger.bootstrap_servers, topic_prefix=ledger.topic_prefix)
+    async with client:
+        for account in (alice, bob):
+            assert (await client.open_account(account, "USD")).status == "accepted"
+        deposit = await client.deposit(alice, 100, "USD", command_id="d1")
+        moved = await client.transfer(alice, bob, 30, "USD", command_id="t1")
+        assert (deposit.status, moved.status) == ("accepted", "accepted")
+        # One more batch on each partition, so each snapshot follows the acknowledgements.
+        for account in (alice, bob):
+            await client.deposit(account, 1, "USD")
+        assert await asyncio.to_thread(first.wait_for_log, "compact", WAIT_S)
+        assert await asyncio.to_thread(first.stop) == 0
+
+        kept = await latest_snapshot_outcomes(ledger, partition_of(alice, ledger.partitions))
+        assert set(kept["cmd:d1"]) == {"fingerprint", "result", "timestamp_ms"}, kept["cmd:d1"]
+        assert set(kept["cmd:t1"]) == {"fingerprint", "result", "timestamp_ms"}, kept["cmd:t1"]
+
+        second = await asyncio.to_thread(
+            workers.start_ready, workers.root / "empty", env=SNAPSHOT_EVERY_BATCH_ENV
+        )
+        assert "(a snapshot)" in second.log_tail(200), second.log_tail(200)
+        again = await client.deposit(alice, 100, "USD", command_id="d1")
+        moved_again = await client.transfer(alice, bob, 30, "USD", command_id="t1")
+        assert (again.status, again.duplicate) == ("accepted", True)
+        assert (moved_again.status, moved_again.duplicate) == ("accepted", True)
+        conflict = await client.deposit(alice, 99, "USD", command_id="d1")
+        assert (conflict.status, conflict.code) == ("rejected", "exists_with_different_payload")
+        assert (await balance(second, alice), await balance(second, bob)) == (71, 31)
+    report = await audit(ledger)
+    assert report.ok, report.text()
