@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -51,13 +52,13 @@ from ledger_stream.errors import LedgerError
 from ledger_stream.faults import Faults
 from ledger_stream.intake import DeadLetter, Record, read_record
 from ledger_stream.kafka.reading import reader
-from ledger_stream.kafka.records import send_records
+from ledger_stream.kafka.records import OutRecord, send_records
 from ledger_stream.kafka.retry import retried
 from ledger_stream.messages import AccountState, Outcome
 from ledger_stream.outputs import Outbox
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
-from ledger_stream.state.log import Fenced, PartitionLog, commit_bytes_max, is_whole
+from ledger_stream.state.log import Fenced, PartitionLog, commit_bytes_max
 from ledger_stream.state.store import Changes, PartitionStore
 from ledger_stream.topics import STATE_RECORD_BYTES_MAX, TopicNames
 
@@ -69,8 +70,8 @@ COMMITS = Counter("ledger_state_commits_total", "State records committed")
 SNAPSHOTS = Counter("ledger_state_snapshots_total", "Snapshots written to the state log")
 WRITTEN_BYTES = Counter(
     "ledger_written_bytes_total",
-    "Bytes of keys and values the writer sent, by topic (state, journal, results, legs, "
-    "deadletter); for sizing disks",
+    "Bytes of keys and values the writer sent, by topic (state, outcomes, journal, results, "
+    "legs, deadletter); for sizing disks",
     ["topic"],
 )
 STATE_BYTES = WRITTEN_BYTES.labels("state")
@@ -206,6 +207,7 @@ class Writer:
             self.writer_id,
             self.reader,
             self._append,
+            self.topics.outcomes,
         )
         await log.restore()
         return log
@@ -320,8 +322,8 @@ class Writer:
             before_ms = self.latest_ms.get(number, 0) - window_ms
 
             def compact(value: bytes, before_ms: int = before_ms) -> bytes | None:
-                if not is_whole(value):
-                    return None
+                if (orjson.loads(value).get("timestamp_ms") or 0) >= before_ms:
+                    return None  # inside its window (`compacted` says so too, slower)
                 smaller = compacted(Outcome.model_validate_json(value), before_ms, acknowledged)
                 return (
                     None
@@ -330,16 +332,23 @@ class Writer:
                 )
 
             previous = log.store.snapshot
+            started = time.perf_counter()
             try:
                 figures = await log.snapshot(
-                    compact, lambda: self.faults.passed("snapshot-partly-written")
+                    compact, self._archive, lambda: self.faults.passed("snapshot-partly-written")
                 )
             except Fenced as error:
                 _stop_worker(EXIT_FENCED, f"{error}; stopped while writing a snapshot")
             SNAPSHOTS.inc()
-            logger.info("partition %d: %s", number, figures)
+            logger.info("partition %d: %s; %.2f s", number, figures, time.perf_counter() - started)
             if previous is not None:
                 await self._trim(number, previous.base)
+
+    async def _archive(self, number: int, compact: dict[str, bytes]) -> None:
+        """Store compact outcomes in partition `number` of the outcomes topic, acked."""
+        topic = self.topics.outcomes
+        records = [OutRecord(topic, number, key.encode(), value) for key, value in compact.items()]
+        await self._send_or_stop(records, "archive compact outcomes")
 
     async def _trim(self, number: int, before: int) -> None:
         """Delete the state log of partition `number` before offset `before`, where the broker
@@ -391,29 +400,39 @@ class Writer:
     async def _send_outputs(self, outbox: Outbox) -> None:
         """Step 5. Re-sending is safe: journal events collapse by entry id, results by
         command id, and legs are deduplicated by the writer that receives them."""
+        records = list(outbox.records(self.topics, self.settings.partitions))
+        await self._send_or_stop(
+            records, "send outputs", on_first_ack=lambda: self.faults.reached("outputs-partly-sent")
+        )
+
+    async def _send_or_stop(
+        self,
+        records: list[OutRecord],
+        what: str,
+        on_first_ack: Callable[[], None] | None = None,
+    ) -> None:
+        """Send `records` and wait for every ack, retrying with backoff; stop the worker,
+        acknowledging nothing, when Kafka keeps refusing them."""
         producer = self.producer
         assert producer is not None
-        records = list(outbox.records(self.topics, self.settings.partitions))
         if not records:
             return
         attempts_max = self.settings.send_attempts_max
 
         async def attempt() -> dict[str, int]:
-            return await send_records(
-                producer, records, on_first_ack=lambda: self.faults.reached("outputs-partly-sent")
-            )
+            return await send_records(producer, records, on_first_ack=on_first_ack)
 
         try:
             sizes = await retried(
                 attempt,
-                failure="sending outputs to Kafka failed",
+                failure=f"could not {what}",
                 attempts_max=attempts_max,
                 errors=(Exception,),
             )
         except Exception as error:
             _stop_worker(
                 EXIT_BROKER_GONE,
-                f"could not send outputs after {attempts_max} attempts ({error!r}); stopping "
+                f"could not {what} after {attempts_max} attempts ({error!r}); stopping "
                 "without acknowledging the batch",
             )
         prefix = len(self.settings.topic_prefix)

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     )
     results_retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=-1)
     outcome_window_s: int = Field(
-        default=600,
+        default=60,
         ge=0,
         description="How long, by record time, a command's outcome keeps the journal events "
         "and legs a repeat re-sends; after that (and once its input is acknowledged) only its "

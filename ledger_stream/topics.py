@@ -25,6 +25,7 @@ class TopicNames:
     results: str
     deadletter: str
     state: str
+    outcomes: str
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TopicNames:
@@ -36,6 +37,7 @@ class TopicNames:
             results=f"{prefix}results",
             deadletter=f"{prefix}deadletter",
             state=f"{prefix}state",
+            outcomes=f"{prefix}outcomes",
         )
 
 
@@ -66,11 +68,14 @@ def topic_layouts(settings: Settings) -> list[NewTopic]:
         # The writers' state log: never compacted (compaction would keep a void commit's
         # value over a valid one), kept for as long as the ledger lives.
         NewTopic(names.state, n, rf, topic_configs=state_config),
+        # Compact outcomes, by outcome key: a value once written never changes, so
+        # compaction (which keeps the last value of a key) loses nothing here.
+        NewTopic(names.outcomes, n, rf, topic_configs={**journal_config, "retention.ms": "-1"}),
     ]
 
 
 # Partition counts that must equal `partitions`: the writer's tables follow them.
-_COPARTITIONED = ("commands", "legs", "journal", "results", "state")
+_COPARTITIONED = ("commands", "legs", "journal", "results", "state", "outcomes")
 
 
 async def ensure_topics(settings: Settings) -> list[str]:

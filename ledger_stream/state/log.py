@@ -43,6 +43,8 @@ SNAPSHOT_SCAN_MAX = 1000  # records read back from the end to find the latest sn
 
 # Appends one record to a state partition and returns the offset it landed at.
 Append = Callable[[int, bytes], Awaitable[int]]
+# Stores compact outcomes (by key) in a partition of the outcomes topic; returns once acked.
+Archive = Callable[[int, dict[str, bytes]], Awaitable[None]]
 
 
 class Fenced(LedgerError):
@@ -92,11 +94,10 @@ class SnapshotFigures:
     size_bytes: int = 0
     accounts: int = 0
     account_bytes: int = 0
-    outcomes_whole: int = 0
-    whole_bytes: int = 0
-    outcomes_compact: int = 0
-    compact_bytes: int = 0
-    compacted_now: int = 0
+    outcomes: int = 0  # whole, inside their window
+    outcome_bytes: int = 0
+    archived: int = 0  # made compact and stored in the outcomes topic now
+    archived_bytes: int = 0
 
     def __str__(self) -> str:
         def each(size: int, count: int) -> str:
@@ -105,10 +106,9 @@ class SnapshotFigures:
         return (
             f"snapshot at state offset {self.base}: {self.records} records, "
             f"{self.size_bytes:,} bytes; {self.accounts:,} accounts "
-            f"({each(self.account_bytes, self.accounts)}), {self.outcomes_whole:,} outcomes "
-            f"whole ({each(self.whole_bytes, self.outcomes_whole)}), {self.outcomes_compact:,} "
-            f"compact ({each(self.compact_bytes, self.outcomes_compact)}; "
-            f"{self.compacted_now:,} compacted now)"
+            f"({each(self.account_bytes, self.accounts)}), {self.outcomes:,} whole outcomes "
+            f"({each(self.outcome_bytes, self.outcomes)}); {self.archived:,} outcomes made "
+            f"compact and archived ({each(self.archived_bytes, self.archived)})"
         )
 
 
@@ -136,9 +136,12 @@ class PartitionLog:
         writer: str,
         reader: AIOKafkaConsumer,
         append: Append,
+        outcomes_topic: str,
     ) -> None:
-        """`reader` may serve the logs of several partitions (reads take turns)."""
+        """`reader` may serve the logs of several partitions (reads take turns);
+        `outcomes_topic` holds the compact outcomes its snapshots archived."""
         self.tp = TopicPartition(topic, partition)
+        self.archive_tp = TopicPartition(outcomes_topic, partition)
         self.partition = partition
         self.store = store
         self.writer = writer
@@ -155,11 +158,13 @@ class PartitionLog:
         begin = self.store.position.next_offset
         if begin == 0 and end > 0:
             begin = await self._snapshot_start(start, end)
+            archived = await self._restore_archive()
             logger.info(
-                "partition %d: restoring from state offset %d (%s)",
+                "partition %d: restoring from state offset %d (%s), after %d compact outcomes",
                 self.partition,
                 begin,
                 "a snapshot" if begin > start else "the log start",
+                archived,
             )
         caught_up = await self._catch_up(begin, end)
         logger.info(
@@ -202,14 +207,25 @@ class PartitionLog:
     async def snapshot(
         self,
         compact: Callable[[bytes], bytes | None],
+        archive: Archive,
         between_records: Callable[[], Awaitable[None]],
     ) -> SnapshotFigures:
-        """Write the whole local state to the log as of its end, in records of about
-        `SNAPSHOT_RECORD_BYTES`, then an empty `last` record that completes it; only between
-        batches. `compact(outcome)` gives the compact form of an outcome past its window, or
-        None to keep it whole; the compact forms replace the whole ones locally too."""
+        """Between batches: first hand the outcomes that `compact` makes compact (it gives
+        their compact form, or None to keep one whole) to `archive`, which returns once they
+        are stored; then write the accounts and the whole outcomes to the log as of its end,
+        in records of about `SNAPSHOT_RECORD_BYTES`, and an empty `last` record that
+        completes the snapshot. Compact outcomes replace the whole ones locally too."""
         previous = self.store.snapshot
         figures = SnapshotFigures()
+        archived: dict[str, bytes] = {}
+        for key, value in self.store.items("outcomes"):
+            smaller = compact(value)
+            if smaller is not None:
+                archived[key] = smaller
+                figures.archived += 1
+                figures.archived_bytes += len(smaller)
+        if archived:
+            await archive(self.partition, archived)
         base: int | None = None
 
         async def write(changes: Changes, local: Changes, last: bool = False) -> None:
@@ -228,7 +244,8 @@ class PartitionLog:
             figures.records += 1
             figures.size_bytes += size
 
-        changes, local = Changes({}, {}, self.store.head), Changes({}, {})
+        changes = Changes({}, {}, self.store.head)
+        local = Changes({}, {}, compact=archived)  # applied with the first record
         pending = 0
         for table in ("accounts", "outcomes"):
             for key, value in self.store.items(table):
@@ -236,13 +253,12 @@ class PartitionLog:
                     changes.accounts[key] = value
                     figures.accounts += 1
                     figures.account_bytes += len(value)
+                elif key in archived:
+                    continue
                 else:
-                    smaller = compact(value)
-                    if smaller is not None:
-                        local.outcomes[key] = value = smaller
-                        figures.compacted_now += 1
                     changes.outcomes[key] = value
-                    _count_outcome(figures, value)
+                    figures.outcomes += 1
+                    figures.outcome_bytes += len(value)
                 pending += len(key) + len(value) + 4
                 if pending >= SNAPSHOT_RECORD_BYTES:
                     await write(changes, local)
@@ -313,6 +329,19 @@ class PartitionLog:
                 "be restored. Restore the topic from a backup."
             )
         return start
+
+    async def _restore_archive(self) -> int:
+        """Put every compact outcome of the partition's archive into an empty store. The
+        values never change, so any copy of a key is as good as the last."""
+        tp = self.archive_tp
+        end = (await true_ends(self.reader, [tp]))[tp]
+        start = (await self.reader.beginning_offsets([tp]))[tp]
+        count, position = 0, self.store.position
+        async for records in read_range(self.reader, {tp: start}, {tp: end}):
+            compact = {r.key.decode(): r.value for r in records if r.key and r.value}
+            self.store.apply(Changes({}, {}, compact=compact), position)
+            count += len(compact)
+        return count
 
     async def _read_at(self, offset: int) -> bytes | None:
         """The value of the record at `offset`, or None when there is none."""
@@ -416,18 +445,3 @@ def _parsed(value: bytes | None) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         pass
     return None
-
-
-def is_whole(outcome: bytes) -> bool:
-    """Whether a serialized outcome still carries its outputs: the writer writes whole ones
-    with their `journal` list (empty or not) and compact ones without it."""
-    return b'"journal":' in outcome
-
-
-def _count_outcome(figures: SnapshotFigures, value: bytes) -> None:
-    if is_whole(value):
-        figures.outcomes_whole += 1
-        figures.whole_bytes += len(value)
-    else:
-        figures.outcomes_compact += 1
-        figures.compact_bytes += len(value)

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +23,8 @@ from ledger_stream.messages import JournalHead
 logger = logging.getLogger(__name__)
 
 _ACCOUNT = b"a:"
-_OUTCOME = b"o:"
+_OUTCOME = b"o:"  # whole outcomes
+_COMPACT = b"c:"  # compact outcomes (a key is never in both for long; whole wins)
 _POSITION = b"m:position"
 _HEAD = b"m:head"
 _SNAPSHOT = b"m:snapshot"
@@ -61,6 +62,7 @@ class Changes:
     outcomes: dict[str, bytes]
     head: JournalHead | None = None
     snapshot: SnapshotMark | None = None  # a snapshot completed in these records
+    compact: dict[str, bytes] = field(default_factory=dict)  # outcomes now compact
 
 
 class PartitionStore:
@@ -110,17 +112,23 @@ class PartitionStore:
         return value
 
     def outcome(self, key: str) -> bytes | None:
-        value: bytes | None = self.db.get(_OUTCOME + key.encode())
+        """The outcome of `key`, whole or compact."""
+        raw = key.encode()
+        value: bytes | None = self.db.get(_OUTCOME + raw)
+        if value is None:
+            value = self.db.get(_COMPACT + raw)
         return value
 
     def accounts(self) -> dict[str, bytes]:
         """Every account of the partition (for audits and tests; not on the hot path)."""
         return dict(self.items("accounts"))
 
-    def items(self, table: Literal["accounts", "outcomes"]) -> Iterator[tuple[str, bytes]]:
-        """Every key and value of a table, in key order, as of the call (a RocksDB iterator
-        reads one point in time, whatever is written meanwhile)."""
-        prefix = _ACCOUNT if table == "accounts" else _OUTCOME
+    def items(
+        self, table: Literal["accounts", "outcomes", "compact"]
+    ) -> Iterator[tuple[str, bytes]]:
+        """Every key and value of a table (`outcomes`: the whole ones), in key order, as of
+        the call (a RocksDB iterator reads one point in time, whatever is written meanwhile)."""
+        prefix = {"accounts": _ACCOUNT, "outcomes": _OUTCOME, "compact": _COMPACT}[table]
         for key, value in self.db.items(from_key=prefix):
             assert isinstance(key, bytes) and isinstance(value, bytes)  # raw mode
             if not key.startswith(prefix):
@@ -152,6 +160,9 @@ class PartitionStore:
             batch.put(_ACCOUNT + name.encode(), value)
         for key, value in changes.outcomes.items():
             batch.put(_OUTCOME + key.encode(), value)
+        for key, value in changes.compact.items():
+            batch.put(_COMPACT + key.encode(), value)
+            batch.delete(_OUTCOME + key.encode())
         if changes.head is not None:
             batch.put(_HEAD, changes.head.model_dump_json().encode())
         if changes.snapshot is not None:

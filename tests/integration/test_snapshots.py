@@ -1,7 +1,8 @@
-"""Growth: a worker snapshots its partitions' state into the state log and compacts the
-outcomes past their window (here 0 s, a snapshot after every batch). A worker with an empty
-store restores from the latest snapshot, and a late repeat of a compacted command is still
-answered with its original decision and moves nothing.
+"""Growth: a worker snapshots its partitions' state into the state log and moves the
+outcomes past their window (here 0 s, a snapshot after every batch), made compact, to the
+outcomes topic. A worker with an empty store restores from the latest snapshot and the
+outcomes topic, and a late repeat of a compacted command is still answered with its original
+decision and moves nothing.
 """
 
 from __future__ import annotations
@@ -24,21 +25,26 @@ SNAPSHOT_EVERY_BATCH_ENV = {"LEDGER_SNAPSHOT_BYTES": "1", "LEDGER_OUTCOME_WINDOW
 WAIT_S = 60.0
 
 
-async def latest_snapshot_outcomes(settings: Settings, partition: int) -> dict[str, Any]:
-    """The outcomes of the latest complete snapshot of one state partition."""
+async def archived_outcomes(settings: Settings, partition: int) -> dict[str, Any]:
+    """The compact outcomes in one partition of the outcomes topic, by key."""
+    topic = TopicNames.from_settings(settings).outcomes
+    found: dict[str, Any] = {}
+    async for records in read_topic(settings.bootstrap_servers, topic, [partition]):
+        for record in records:
+            found[(record.key or b"").decode()] = orjson.loads(record.value or b"")
+    return found
+
+
+async def snapshot_outcome_keys(settings: Settings, partition: int) -> set[str]:
+    """The keys of the whole outcomes in the valid snapshot records of one state partition."""
     topic = TopicNames.from_settings(settings).state
-    snapshots: dict[int, dict[str, Any]] = {}
-    complete: list[int] = []
+    keys: set[str] = set()
     async for records in read_topic(settings.bootstrap_servers, topic, [partition]):
         for record in records:
             data = orjson.loads(record.value or b"")
-            if data["kind"] != "snapshot" or data["expect"] != record.offset:
-                continue
-            snapshots.setdefault(data["base"], {}).update(data.get("outcomes", {}))
-            if data.get("last"):
-                complete.append(data["base"])
-    assert complete, f"no complete snapshot in {topic}-{partition}"
-    return snapshots[complete[-1]]
+            if data["kind"] == "snapshot" and data["expect"] == record.offset:
+                keys.update(data.get("outcomes", {}))
+    return keys
 
 
 async def balance(worker: Any, account: str) -> int:
@@ -71,9 +77,12 @@ async def test_a_restore_from_a_snapshot_answers_late_repeats_of_compacted_comma
         assert await asyncio.to_thread(first.wait_for_log, "compact", WAIT_S)
         assert await asyncio.to_thread(first.stop) == 0
 
-        kept = await latest_snapshot_outcomes(ledger, partition_of(alice, ledger.partitions))
+        partition = partition_of(alice, ledger.partitions)
+        kept = await archived_outcomes(ledger, partition)
         assert set(kept["cmd:d1"]) == {"fingerprint", "result", "timestamp_ms"}, kept["cmd:d1"]
         assert set(kept["cmd:t1"]) == {"fingerprint", "result", "timestamp_ms"}, kept["cmd:t1"]
+        # Once archived, an outcome is no longer copied into each snapshot.
+        assert "cmd:d1" not in await snapshot_outcome_keys(ledger, partition)
 
         second = await asyncio.to_thread(
             workers.start_ready, workers.root / "empty", env=SNAPSHOT_EVERY_BATCH_ENV

@@ -39,9 +39,10 @@ class Appender:
     set, the next record lands twice and the second offset is returned, as when a send is
     retried after its first ack was lost; `before_next` runs once before the next append."""
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+    def __init__(self, producer: AIOKafkaProducer, topic: str, outcomes_topic: str) -> None:
         self.producer = producer
         self.topic = topic
+        self.outcomes_topic = outcomes_topic
         self.lose_next_ack = False
         self.before_next: Callable[[], Awaitable[None]] | None = None
 
@@ -55,6 +56,13 @@ class Appender:
             landed = await self._send(partition, value)
         return landed
 
+    async def archive(self, partition: int, compact: dict[str, bytes]) -> None:
+        """Stores compact outcomes in the outcomes topic, as the writer does."""
+        for key, value in compact.items():
+            await self.producer.send_and_wait(
+                self.outcomes_topic, value, key=key.encode(), partition=partition
+            )
+
     async def _send(self, partition: int, value: bytes) -> int:
         metadata = await self.producer.send_and_wait(self.topic, value, partition=partition)
         return int(metadata.offset)
@@ -66,7 +74,8 @@ async def state_writer(
 ) -> AsyncIterator[tuple[PartitionLog, Appender]]:
     """A writer of `PARTITION` of the ledger's state log, with its own store, reader and
     producer, all closed or stopped on the way out."""
-    topic = TopicNames.from_settings(settings).state
+    names = TopicNames.from_settings(settings)
+    topic = names.state
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=0
     )
@@ -77,8 +86,11 @@ async def state_writer(
         try:
             await consumer.start()
             try:
-                appender = Appender(producer, topic)
-                yield PartitionLog(topic, PARTITION, store, writer, consumer, appender), appender
+                appender = Appender(producer, topic, names.outcomes)
+                log = PartitionLog(
+                    topic, PARTITION, store, writer, consumer, appender, names.outcomes
+                )
+                yield log, appender
             finally:
                 await consumer.stop()
         finally:
@@ -412,14 +424,14 @@ async def test_an_empty_store_restores_from_the_latest_snapshot_with_its_compact
     ledger: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store_dir = tmp_path / "store"
-    async with state_writer(ledger, store_dir, "writer-a") as (log, _):
+    async with state_writer(ledger, store_dir, "writer-a") as (log, appender):
         await log.restore()
         for commit in (commit_of(1, "alice"), commit_of(2, "bob"), commit_of(3, "carol")):
             await log.commit(commit)
-        figures = await log.snapshot(compact_odd, between_records)
+        figures = await log.snapshot(compact_odd, appender.archive, between_records)
         await log.commit(commit_of(4, "alice"))
         live = held(log.store)
-    assert (figures.base, figures.accounts, figures.compacted_now) == (4, 3, 2)
+    assert (figures.base, figures.accounts, figures.outcomes, figures.archived) == (4, 3, 1, 2)
     # The outcomes of commands 1 and 3 are compact in the live store too.
     assert live[1] == {
         "cmd:1": b'{"fingerprint":"c1"}',
@@ -451,13 +463,13 @@ async def test_a_snapshot_cut_short_is_ignored_and_a_restore_starts_at_the_one_b
     async def crash() -> None:
         raise Crash
 
-    async with state_writer(ledger, store_dir, "writer-a") as (log, _):
+    async with state_writer(ledger, store_dir, "writer-a") as (log, appender):
         await log.restore()
         await log.commit(commits[0])
-        first = await log.snapshot(lambda value: None, between_records)
+        first = await log.snapshot(lambda value: None, appender.archive, between_records)
         await log.commit(commits[1])
         with pytest.raises(Crash):
-            await log.snapshot(lambda value: None, crash)
+            await log.snapshot(lambda value: None, appender.archive, crash)
         await log.commit(commits[2])  # a writer that went on would still commit here
     assert first.base == 2
     assert first.records == 3  # alice, cmd:1, then the last record
@@ -483,7 +495,7 @@ async def test_a_snapshot_of_a_writer_claimed_meanwhile_is_void_and_fences_it(
 
         appender.before_next = new_owner_claims
         with pytest.raises(Fenced):
-            await old.snapshot(lambda value: None, between_records)
+            await old.snapshot(lambda value: None, appender.archive, between_records)
     records = await state_records(ledger)
     assert [(kind, offset == expect) for offset, kind, expect, _ in records[2:]] == [
         ("claim", True),
