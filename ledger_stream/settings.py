@@ -25,7 +25,10 @@ class Settings(BaseSettings):
         default="ledger.", pattern=r"^[A-Za-z0-9._-]*$", description="Prefix of every topic name"
     )
     partitions: int = Field(
-        default=8, ge=1, le=1024, description="Partitions of commands, legs, journal, results"
+        default=8,
+        ge=1,
+        le=1024,
+        description="Partitions of commands, legs, journal, results, state and outcomes",
     )
     replication_factor: int = Field(default=1, ge=1, le=16)
     data_dir: Path = Field(
