@@ -66,7 +66,7 @@ def replaced(message: M, **changes: Any) -> M:
     with the same fields set, and like it unvalidated, at a fifth of the cost."""
     copy = message.__class__.__new__(message.__class__)
     _set(copy, "__dict__", {**message.__dict__, **changes})
-    _set(copy, "__pydantic_fields_set__", message.__pydantic_fields_set__ | changes.keys())
+    _set(copy, "__pydantic_fields_set__", message.__pydantic_fields_set__.union(changes))
     _set(copy, "__pydantic_extra__", None)
     _set(copy, "__pydantic_private__", None)
     return copy
