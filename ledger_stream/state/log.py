@@ -51,6 +51,11 @@ class Fenced(LedgerError):
     """Another writer claimed the partition: this one must stop without sending outputs."""
 
 
+class LogTrimmed(Fenced):
+    """The log's start was deleted past where this writer was reading: another writer owns
+    the partition and has snapshotted it since."""
+
+
 # Bytes of a commit record besides its keys and values: kind, expect, writer, head, braces.
 _RECORD_OVERHEAD_BYTES_MAX = 1024
 
@@ -369,12 +374,26 @@ class PartitionLog:
             self.store.wipe(f"the record at offset {last} is not the one it applied")
 
     async def _catch_up(self, start: int, end: int) -> _Read:
-        """Apply the valid records in [start, end) to the local store, in order."""
+        """Apply the valid records in [start, end) to the local store, in order. The state
+        log has no gaps (never compacted, no transactions), so a gap means its start was
+        deleted while this reader was behind it (by the owner, after a snapshot): raise
+        `LogTrimmed` rather than go on from the new start, which would miss what was only
+        in the deleted records and in the outcomes topic."""
         read = _Read(Changes({}, {}))
         position = self.store.position
         pending = 0
+        expected = start
         async for records in read_range(self.reader, {self.tp: start}, {self.tp: end}):
             for record in records:
+                if record.offset != expected:
+                    self.store.apply(read.changes, position)
+                    raise LogTrimmed(
+                        f"{self.tp.topic}-{self.partition}: read offset {record.offset} where "
+                        f"{expected} was due: the records before were deleted after a snapshot "
+                        "by another owner; restore again (an empty store restores from the "
+                        "latest snapshot)"
+                    )
+                expected += 1
                 value = record.value or b""
                 self._read_one(record.offset, value, read)
                 position = Position(record.offset + 1, digest(value))
