@@ -44,8 +44,10 @@ from ledger_stream.core import (
     Decision,
     Incoming,
     accounts_to_prefetch,
+    compact_bytes,
     compacted,
     decide,
+    outcome_from_bytes,
     outcomes_to_prefetch,
 )
 from ledger_stream.errors import LedgerError
@@ -321,15 +323,11 @@ class Writer:
                 continue
             before_ms = self.latest_ms.get(number, 0) - window_ms
 
-            def compact(value: bytes, before_ms: int = before_ms) -> bytes | None:
+            def compact(key: str, value: bytes, before_ms: int = before_ms) -> bytes | None:
                 if (orjson.loads(value).get("timestamp_ms") or 0) >= before_ms:
                     return None  # inside its window (`compacted` says so too, slower)
                 smaller = compacted(Outcome.model_validate_json(value), before_ms, acknowledged)
-                return (
-                    None
-                    if smaller is None
-                    else smaller.model_dump_json(exclude_defaults=True).encode()
-                )
+                return None if smaller is None else compact_bytes(key, smaller)
 
             previous = log.store.snapshot
             started = time.perf_counter()
@@ -513,7 +511,7 @@ class _Overlay:
     def _outcome(self, key: str) -> Outcome | None:
         if key not in self.outcomes:
             raw = self.store.outcome(key)
-            self.outcomes[key] = None if raw is None else Outcome.model_validate_json(raw)
+            self.outcomes[key] = None if raw is None else outcome_from_bytes(key, raw)
         return self.outcomes[key]
 
 

@@ -177,6 +177,46 @@ def compacted(
     )
 
 
+def compact_bytes(key: str, outcome: Outcome) -> bytes:
+    """A compact outcome (from `compacted`) as it is kept for good, without what its key and
+    fingerprint say again: the result's command id, its payload digest when that is the
+    fingerprint, and its reason when that is its code's reason (`REASONS`). A field that
+    is absent but cannot be told from those is written as null. `outcome_from_bytes`
+    reads it back whole."""
+    assert outcome.result is not None, "only an outcome with its result is compacted"
+    result = outcome.result.model_dump(exclude_defaults=True, exclude={"command_id"})
+    if result.get("payload_digest") == outcome.fingerprint:
+        del result["payload_digest"]
+    elif "payload_digest" not in result:
+        result["payload_digest"] = None
+    code = result.get("code")
+    if code is not None and result.get("reason") == REASONS.get(code):
+        result.pop("reason", None)
+    elif code is not None and "reason" not in result:
+        result["reason"] = None
+    fields: dict[str, Any] = {"fingerprint": outcome.fingerprint, "result": result}
+    if outcome.timestamp_ms is not None:
+        fields["timestamp_ms"] = outcome.timestamp_ms
+    return orjson.dumps(fields)
+
+
+def outcome_from_bytes(key: str, raw: bytes) -> Outcome:
+    """An outcome as stored under `key`, whole or compact (`compact_bytes`)."""
+    if b'"command_id"' in raw:  # whole: its result (or its journal) names the command
+        return Outcome.model_validate_json(raw)
+    data = orjson.loads(raw)
+    result = data.get("result")
+    if result is not None and "command_id" not in result:
+        for prefix in ("cmd:", "leg:credit:"):
+            if key.startswith(prefix):
+                result["command_id"] = key[len(prefix) :]
+        result.setdefault("payload_digest", data["fingerprint"])
+        code = result.get("code")
+        if code is not None:
+            result.setdefault("reason", REASONS.get(code))
+    return Outcome.model_validate(data)
+
+
 def fingerprint(message: Command | Leg) -> str:
     """Digest of what makes a command (or leg) the same one again; routing is not part of it."""
     fields: dict[str, Any] = message.fingerprint_fields()

@@ -211,20 +211,21 @@ class PartitionLog:
 
     async def snapshot(
         self,
-        compact: Callable[[bytes], bytes | None],
+        compact: Callable[[str, bytes], bytes | None],
         archive: Archive,
         between_records: Callable[[], Awaitable[None]],
     ) -> SnapshotFigures:
-        """Between batches: first hand the outcomes that `compact` makes compact (it gives
-        their compact form, or None to keep one whole) to `archive`, which returns once they
-        are stored; then write the accounts and the whole outcomes to the log as of its end,
-        in records of about `SNAPSHOT_RECORD_BYTES`, and an empty `last` record that
-        completes the snapshot. Compact outcomes replace the whole ones locally too."""
+        """Between batches: first hand the outcomes that `compact(key, outcome)` makes
+        compact (it gives their compact form, or None to keep one whole) to `archive`,
+        which returns once they are stored; then write the accounts and the whole outcomes
+        to the log as of its end, in records of about `SNAPSHOT_RECORD_BYTES`, and an empty
+        `last` record that completes the snapshot. Compact outcomes replace the whole ones
+        locally too."""
         previous = self.store.snapshot
         figures = SnapshotFigures()
         archived: dict[str, bytes] = {}
         for key, value in self.store.items("outcomes"):
-            smaller = compact(value)
+            smaller = compact(key, value)
             if smaller is not None:
                 archived[key] = smaller
                 figures.archived += 1

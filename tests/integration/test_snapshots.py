@@ -81,6 +81,7 @@ async def test_a_restore_from_a_snapshot_answers_late_repeats_of_compacted_comma
         kept = await archived_outcomes(ledger, partition)
         assert set(kept["cmd:d1"]) == {"fingerprint", "result", "timestamp_ms"}, kept["cmd:d1"]
         assert set(kept["cmd:t1"]) == {"fingerprint", "result", "timestamp_ms"}, kept["cmd:t1"]
+        assert "command_id" not in kept["cmd:t1"]["result"]  # the key says it
         # Once archived, an outcome is no longer copied into each snapshot.
         assert "cmd:d1" not in await snapshot_outcome_keys(ledger, partition)
 

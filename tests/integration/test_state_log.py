@@ -410,7 +410,7 @@ async def between_records() -> None:
     return None
 
 
-def compact_odd(value: bytes) -> bytes | None:
+def compact_odd(key: str, value: bytes) -> bytes | None:
     """A compaction rule for these tests: the outcomes of odd commands become compact."""
     seq = int(orjson.loads(value)["fingerprint"][1:])
     return b'{"fingerprint":"c%d"}' % seq if seq % 2 else None
@@ -466,10 +466,10 @@ async def test_a_snapshot_cut_short_is_ignored_and_a_restore_starts_at_the_one_b
     async with state_writer(ledger, store_dir, "writer-a") as (log, appender):
         await log.restore()
         await log.commit(commits[0])
-        first = await log.snapshot(lambda value: None, appender.archive, between_records)
+        first = await log.snapshot(lambda key, value: None, appender.archive, between_records)
         await log.commit(commits[1])
         with pytest.raises(Crash):
-            await log.snapshot(lambda value: None, appender.archive, crash)
+            await log.snapshot(lambda key, value: None, appender.archive, crash)
         await log.commit(commits[2])  # a writer that went on would still commit here
     assert first.base == 2
     assert first.records == 3  # alice, cmd:1, then the last record
@@ -495,7 +495,7 @@ async def test_a_snapshot_of_a_writer_claimed_meanwhile_is_void_and_fences_it(
 
         appender.before_next = new_owner_claims
         with pytest.raises(Fenced):
-            await old.snapshot(lambda value: None, appender.archive, between_records)
+            await old.snapshot(lambda key, value: None, appender.archive, between_records)
     records = await state_records(ledger)
     assert [(kind, offset == expect) for offset, kind, expect, _ in records[2:]] == [
         ("claim", True),

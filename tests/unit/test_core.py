@@ -19,9 +19,11 @@ from ledger_stream.core import (
     Decision,
     Incoming,
     accounts_to_prefetch,
+    compact_bytes,
     compacted,
     decide,
     fingerprint,
+    outcome_from_bytes,
     outcomes_to_prefetch,
 )
 from ledger_stream.messages import (
@@ -1569,3 +1571,55 @@ def test_a_transfer_stays_whole_until_its_legs_return_and_the_return_is_acknowle
     assert compacted(settled, 5_000, ACKED) is None
     compact = compacted(settled, 5_000, {**ACKED, ("legs", 0): 7})
     assert compact is not None and compact.result == settled.result
+
+
+def compact_of(outcome: Outcome) -> Outcome:
+    compact = compacted(outcome, 10**15, ACKED)
+    assert compact is not None
+    return compact
+
+
+def test_a_compact_outcome_is_kept_without_what_its_key_says_and_read_back_whole() -> None:
+    _, whole = decided_deposit(origin="")
+    compact = compact_of(whole)
+    stored = compact_bytes("cmd:d1", compact)
+    assert b"command_id" not in stored and stored.count(whole.fingerprint.encode()) == 1
+    assert len(stored) < len(compact.model_dump_json(exclude_defaults=True))
+    assert outcome_from_bytes("cmd:d1", stored) == compact
+
+
+def test_a_rejection_keeps_its_code_and_reason_and_an_id_with_colons_survives() -> None:
+    command = withdraw("alice", 500, command_id="order:42:w")
+    decision = decide(
+        {"alice": usd()},
+        {"cmd:order:42:w": None},
+        [Incoming(command, 1_000, "cmds/0/7/0")],
+        is_local,
+    )
+    compact = compact_of(decision.outcomes["cmd:order:42:w"])
+    assert compact.result is not None and compact.result.code == "insufficient_funds"
+    stored = compact_bytes("cmd:order:42:w", compact)
+    assert b"reason" not in stored  # the code's own reason: said by the code
+    assert outcome_from_bytes("cmd:order:42:w", stored) == compact
+    odd = compact.model_copy(update={"result": compact.result.model_copy(update={"reason": None})})
+    assert outcome_from_bytes("cmd:order:42:w", compact_bytes("cmd:order:42:w", odd)) == odd
+
+
+def test_a_credit_legs_outcome_keeps_the_transfers_digest_and_its_absence() -> None:
+    _, target = two_partitions()
+    leg = Leg(
+        type="credit",
+        transfer_id="t:1",
+        source="alice",
+        destination="bob",
+        amount=30,
+        currency="USD",
+    )
+    credit = target.run([leg])
+    compact = compact_of(credit.outcomes["leg:credit:t:1"])
+    assert compact.result is not None and compact.result.payload_digest is None
+    stored = compact_bytes("leg:credit:t:1", compact)
+    assert outcome_from_bytes("leg:credit:t:1", stored) == compact
+    with_digest = leg.model_copy(update={"transfer_id": "t2", "payload_digest": "ab" * 16})
+    compact = compact_of(target.run([with_digest]).outcomes["leg:credit:t2"])
+    assert outcome_from_bytes("leg:credit:t2", compact_bytes("leg:credit:t2", compact)) == compact
