@@ -3,10 +3,13 @@ each stopped by pid when the test (or module) that started it ends."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -14,6 +17,8 @@ from ledger_stream.local import FAST_GROUP_ENV, WorkerProcess
 from ledger_stream.settings import Settings
 
 WORKER_READY_TIMEOUT_S = 90.0
+POLL_S = 0.25
+T = TypeVar("T")
 
 
 class Workers:
@@ -81,3 +86,25 @@ def resume(worker: WorkerProcess) -> None:
     if worker.process is not None and worker.alive():
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker.process.pid, signal.SIGCONT)
+
+
+async def until(condition: Callable[[], bool], workers: Workers, what: str) -> None:
+    """Wait for `condition`, failing at once (with the logs) when no worker is left to make
+    it come true; pytest-timeout bounds the wait otherwise."""
+    while not condition():
+        if not workers.any_alive():
+            raise AssertionError(f"no worker alive while waiting for {what}\n{workers.logs()}")
+        await asyncio.sleep(0.05)
+
+
+async def polled(
+    read: Callable[[], Awaitable[T]], done: Callable[[T], bool], workers: Workers, what: str
+) -> T:
+    """Call `read` until what it returns is `done`; fails at once when no worker is alive."""
+    while True:
+        value = await read()
+        if done(value):
+            return value
+        if not workers.any_alive():
+            raise AssertionError(f"no worker alive while waiting for {what}\n{workers.logs()}")
+        await asyncio.sleep(POLL_S)

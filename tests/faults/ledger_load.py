@@ -19,13 +19,13 @@ import random
 import signal
 import subprocess
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from worker_harness import Workers
+from worker_harness import Workers, polled, until
 
 from ledger_stream.audit import audit
 from ledger_stream.client import LedgerClient
@@ -59,7 +59,6 @@ TRANSIT = "@transit"
 # seconds, so this is generous; pytest-timeout bounds each test as a whole.
 CLIENT_TIMEOUT_S = 20.0
 SUBMIT_ATTEMPTS_MAX = 10
-POLL_S = 0.25
 # A crashed worker's partitions move once its group session times out: 3 s instead of
 # FAST_GROUP_ENV's 6 s saves most of a restart in the cases that crash workers on purpose.
 QUICK_FAILOVER_ENV = {"LEDGER_SESSION_TIMEOUT_S": "3", "LEDGER_HEARTBEAT_INTERVAL_S": "1"}
@@ -275,28 +274,6 @@ def client_for(settings: Settings) -> LedgerClient:
     return LedgerClient(
         settings.bootstrap_servers, topic_prefix=settings.topic_prefix, timeout_s=CLIENT_TIMEOUT_S
     )
-
-
-async def until(condition: Callable[[], bool], workers: Workers, what: str) -> None:
-    """Wait for `condition`, failing at once (with the logs) when no worker is left to make
-    it come true; pytest-timeout bounds the wait otherwise."""
-    while not condition():
-        if not workers.any_alive():
-            raise AssertionError(f"no worker alive while waiting for {what}\n{workers.logs()}")
-        await asyncio.sleep(0.05)
-
-
-async def polled(
-    read: Callable[[], Awaitable[T]], done: Callable[[T], bool], workers: Workers, what: str
-) -> T:
-    """Call `read` until what it returns is `done`; fails at once when no worker is alive."""
-    while True:
-        value = await read()
-        if done(value):
-            return value
-        if not workers.any_alive():
-            raise AssertionError(f"no worker alive while waiting for {what}\n{workers.logs()}")
-        await asyncio.sleep(POLL_S)
 
 
 async def finished(task: asyncio.Task[T], workers: Workers, what: str) -> T:

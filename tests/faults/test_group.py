@@ -20,11 +20,9 @@ from ledger_load import (
     finished,
     owned_partitions,
     pause,
-    polled,
     read_state_log,
-    until,
 )
-from worker_harness import Workers, exit_code, resume
+from worker_harness import Workers, exit_code, polled, resume, until
 
 from agents.writer import EXIT_FENCED
 from ledger_stream.local import WorkerProcess

@@ -22,9 +22,8 @@ from ledger_load import (
     command_id,
     finished,
     new_command,
-    polled,
 )
-from worker_harness import Workers
+from worker_harness import Workers, polled
 
 from ledger_stream.kafka.reading import read_topic
 from ledger_stream.messages import Result
