@@ -28,10 +28,10 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -44,7 +44,6 @@ from ledger_stream.core import (
     Decision,
     Incoming,
     accounts_to_prefetch,
-    compact_bytes,
     compacted,
     decide,
     outcome_from_bytes,
@@ -62,7 +61,7 @@ from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
 from ledger_stream.state.log import Fenced, PartitionLog, commit_bytes_max
 from ledger_stream.state.store import Changes, PartitionStore
-from ledger_stream.topics import STATE_RECORD_BYTES_MAX, TopicNames
+from ledger_stream.topics import STATE_RECORD_BYTES_MAX, TopicNames, connected_admin
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +267,8 @@ class Writer:
 
         inputs: list[Incoming] = []
         letters = Outbox()
-        self.latest_ms[number] = max(self.latest_ms.get(number, 0), *(r.timestamp for r in records))
+        newest = max(record.timestamp for record in records)
+        self.latest_ms[number] = max(self.latest_ms.get(number, 0), newest)
         for record in records:
             read = read_record(_record(record, self.topics.legs), is_here)
             inputs.extend(read.inputs)
@@ -313,27 +313,20 @@ class Writer:
     async def _snapshot_where_due(self, numbers: list[int]) -> None:
         """Step 7: snapshot each partition whose state log has grown enough since its last
         snapshot, then delete the log before the snapshot before it."""
-        window_ms = self.settings.outcome_window_s * 1000
-        acknowledged = {
-            (tp.topic, tp.partition): next_ for tp, next_ in self.progress.acked.items()
-        }
-        for number in numbers:
-            log = self.logs.get(number)
-            if log is None or not log.snapshot_due(self.settings.snapshot_bytes):
-                continue
-            before_ms = self.latest_ms.get(number, 0) - window_ms
-
-            def compact(key: str, value: bytes, before_ms: int = before_ms) -> bytes | None:
-                if (orjson.loads(value).get("timestamp_ms") or 0) >= before_ms:
-                    return None  # inside its window (`compacted` says so too, slower)
-                smaller = compacted(Outcome.model_validate_json(value), before_ms, acknowledged)
-                return None if smaller is None else compact_bytes(key, smaller)
-
+        due = [n for n in numbers if self.logs[n].snapshot_due(self.settings.snapshot_bytes)]
+        if not due:
+            return
+        acknowledged = {(tp.topic, tp.partition): at for tp, at in self.progress.acked.items()}
+        for number in due:
+            log = self.logs[number]
+            before_ms = self.latest_ms[number] - self.settings.outcome_window_s * 1000
             previous = log.store.snapshot
             started = time.perf_counter()
             try:
                 figures = await log.snapshot(
-                    compact, self._archive, lambda: self.faults.passed("snapshot-partly-written")
+                    partial(_compacted, before_ms=before_ms, acknowledged=acknowledged),
+                    self._archive,
+                    lambda: self.faults.passed("snapshot-partly-written"),
                 )
             except Fenced as error:
                 _stop_worker(EXIT_FENCED, f"{error}; stopped while writing a snapshot")
@@ -355,8 +348,7 @@ class Writer:
             return
         try:
             if self.admin is None:
-                self.admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap_servers)
-                await self.admin.start()
+                self.admin = await connected_admin(self.settings)
             tp = TopicPartition(self.topics.state, number)
             await self.admin.delete_records({tp: RecordsToDelete(before)})
         except Exception as error:
@@ -513,6 +505,13 @@ class _Overlay:
             raw = self.store.outcome(key)
             self.outcomes[key] = None if raw is None else outcome_from_bytes(key, raw)
         return self.outcomes[key]
+
+
+def _compacted(
+    key: str, whole: bytes, before_ms: int, acknowledged: Mapping[tuple[str, int], int]
+) -> bytes | None:
+    """`core.compacted` of a stored whole outcome, for `PartitionLog.snapshot`."""
+    return compacted(key, Outcome.model_validate_json(whole), before_ms, acknowledged)
 
 
 def _serialized(decision: Decision) -> Changes:

@@ -142,48 +142,41 @@ class Decision:
             self.legs.extend(outcome.legs)
 
 
+_COMMAND, _CREDIT = "cmd:", "leg:credit:"  # outcome keys: a prefix, then a command id
+
+
 def outcome_key(message: Command | Leg) -> str:
     """Key of the outcome that makes `message` idempotent: a command's own, a credit leg's
     own, and for settle and refund legs the outcome of their transfer at the source."""
     if isinstance(message, Leg) and message.type == "credit":
-        return f"leg:credit:{message.transfer_id}"
+        return _CREDIT + message.transfer_id
     if isinstance(message, Leg):
-        return f"cmd:{message.transfer_id}"
-    return f"cmd:{message.command_id}"
+        return _COMMAND + message.transfer_id
+    return _COMMAND + message.command_id
 
 
 def compacted(
-    outcome: Outcome, before_ms: int, acknowledged: Mapping[tuple[str, int], int]
-) -> Outcome | None:
-    """What is kept of an outcome for good once it was decided before `before_ms` (record
-    time): its fingerprint and its answer, so a late repeat is still answered and never
-    applied twice, without the journal events and legs a repeat inside the window re-sends.
+    key: str, outcome: Outcome, before_ms: int, acknowledged: Mapping[tuple[str, int], int]
+) -> bytes | None:
+    """What is kept for good of the whole outcome under `key` once it was decided before
+    `before_ms` (record time): its fingerprint and its answer, so a late repeat is still
+    answered and never applied twice, without the journal events and legs a repeat inside
+    the window re-sends. Stored without what the key and the fingerprint say again (the
+    command id; the payload digest when it is the fingerprint; the reason when it is its
+    code's), a field that cannot be told from those written as null; `outcome_from_bytes`
+    reads it back.
 
-    None while it stays whole: decided since; waiting for its legs (no result yet); its
+    None while it stays whole: decided since; waiting for its legs (no result yet); or its
     last input (`origin`) not yet acknowledged, so a restart may read that input again and
     must re-send its outputs (`acknowledged`: the next offset to read per topic and
-    partition); or compact already. So any window is safe, 0 included.
+    partition). So any window is safe, 0 included.
     """
     if outcome.result is None or (outcome.timestamp_ms or 0) >= before_ms:
-        return None
-    if not outcome.journal and not outcome.legs and outcome.origin is None:
         return None
     if outcome.origin:
         topic, partition, offset, _ = outcome.origin.split("/")
         if int(offset) >= acknowledged.get((topic, int(partition)), 0):
             return None
-    return Outcome(
-        fingerprint=outcome.fingerprint, result=outcome.result, timestamp_ms=outcome.timestamp_ms
-    )
-
-
-def compact_bytes(key: str, outcome: Outcome) -> bytes:
-    """A compact outcome (from `compacted`) as it is kept for good, without what its key and
-    fingerprint say again: the result's command id, its payload digest when that is the
-    fingerprint, and its reason when that is its code's reason (`REASONS`). A field that
-    is absent but cannot be told from those is written as null. `outcome_from_bytes`
-    reads it back whole."""
-    assert outcome.result is not None, "only an outcome with its result is compacted"
     result = outcome.result.model_dump(exclude_defaults=True, exclude={"command_id"})
     if result.get("payload_digest") == outcome.fingerprint:
         del result["payload_digest"]
@@ -197,19 +190,19 @@ def compact_bytes(key: str, outcome: Outcome) -> bytes:
     fields: dict[str, Any] = {"fingerprint": outcome.fingerprint, "result": result}
     if outcome.timestamp_ms is not None:
         fields["timestamp_ms"] = outcome.timestamp_ms
+    assert key.startswith((_COMMAND, _CREDIT)), f"no command id in outcome key {key!r}"
     return orjson.dumps(fields)
 
 
 def outcome_from_bytes(key: str, raw: bytes) -> Outcome:
-    """An outcome as stored under `key`, whole or compact (`compact_bytes`)."""
+    """An outcome as stored under `key`, whole or compact (`compacted`)."""
     if b'"command_id"' in raw:  # whole: its result (or its journal) names the command
         return Outcome.model_validate_json(raw)
     data = orjson.loads(raw)
     result = data.get("result")
     if result is not None and "command_id" not in result:
-        for prefix in ("cmd:", "leg:credit:"):
-            if key.startswith(prefix):
-                result["command_id"] = key[len(prefix) :]
+        prefix = _CREDIT if key.startswith(_CREDIT) else _COMMAND
+        result["command_id"] = key.removeprefix(prefix)
         result.setdefault("payload_digest", data["fingerprint"])
         code = result.get("code")
         if code is not None:

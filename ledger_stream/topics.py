@@ -86,7 +86,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
     is refused here: drain the commands, create a new ledger (new prefix) with the new
     count, and replay the journal into it (see README, "Changing the partition count").
     """
-    admin = await _connected_admin(settings)
+    admin = await connected_admin(settings)
     try:
         existing = await _partition_counts(admin)
         wanted = topic_layouts(settings)
@@ -109,7 +109,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
         await admin.close()
 
 
-async def _connected_admin(settings: Settings) -> AIOKafkaAdminClient:
+async def connected_admin(settings: Settings) -> AIOKafkaAdminClient:
     async def close(admin: AIOKafkaAdminClient) -> None:
         await admin.close()
 

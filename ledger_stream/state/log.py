@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -224,12 +225,15 @@ class PartitionLog:
         previous = self.store.snapshot
         figures = SnapshotFigures()
         archived: dict[str, bytes] = {}
+        whole: dict[str, bytes] = {}
         for key, value in self.store.items("outcomes"):
             smaller = compact(key, value)
-            if smaller is not None:
+            if smaller is None:
+                whole[key] = value
+            else:
                 archived[key] = smaller
-                figures.archived += 1
-                figures.archived_bytes += len(smaller)
+        figures.archived, figures.archived_bytes = len(archived), sum(map(len, archived.values()))
+        figures.outcomes, figures.outcome_bytes = len(whole), sum(map(len, whole.values()))
         if archived:
             await archive(self.partition, archived)
         base: int | None = None
@@ -253,23 +257,19 @@ class PartitionLog:
         changes = Changes({}, {}, self.store.head)
         local = Changes({}, {}, compact=archived)  # applied with the first record
         pending = 0
-        for table in ("accounts", "outcomes"):
-            for key, value in self.store.items(table):
-                if table == "accounts":
-                    changes.accounts[key] = value
-                    figures.accounts += 1
-                    figures.account_bytes += len(value)
-                elif key in archived:
-                    continue
-                else:
-                    changes.outcomes[key] = value
-                    figures.outcomes += 1
-                    figures.outcome_bytes += len(value)
-                pending += len(key) + len(value) + 4
-                if pending >= SNAPSHOT_RECORD_BYTES:
-                    await write(changes, local)
-                    await between_records()
-                    changes, local, pending = Changes({}, {}), Changes({}, {}), 0
+        for table, key, value in chain(
+            (("accounts", key, value) for key, value in self.store.items("accounts")),
+            (("outcomes", key, value) for key, value in whole.items()),
+        ):
+            getattr(changes, table)[key] = value
+            if table == "accounts":
+                figures.accounts += 1
+                figures.account_bytes += len(value)
+            pending += len(key) + len(value) + 4
+            if pending >= SNAPSHOT_RECORD_BYTES:
+                await write(changes, local)
+                await between_records()
+                changes, local, pending = Changes({}, {}), Changes({}, {}), 0
         if changes.accounts or changes.outcomes or changes.head is not None:
             await write(changes, local)
             await between_records()

@@ -123,12 +123,10 @@ class PartitionStore:
         """Every account of the partition (for audits and tests; not on the hot path)."""
         return dict(self.items("accounts"))
 
-    def items(
-        self, table: Literal["accounts", "outcomes", "compact"]
-    ) -> Iterator[tuple[str, bytes]]:
+    def items(self, table: Literal["accounts", "outcomes"]) -> Iterator[tuple[str, bytes]]:
         """Every key and value of a table (`outcomes`: the whole ones), in key order, as of
         the call (a RocksDB iterator reads one point in time, whatever is written meanwhile)."""
-        prefix = {"accounts": _ACCOUNT, "outcomes": _OUTCOME, "compact": _COMPACT}[table]
+        prefix = _ACCOUNT if table == "accounts" else _OUTCOME
         for key, value in self.db.items(from_key=prefix):
             assert isinstance(key, bytes) and isinstance(value, bytes)  # raw mode
             if not key.startswith(prefix):
