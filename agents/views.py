@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.writer import Writer
-from ledger_stream.messages import AccountState
+from ledger_stream.messages import AccountState, as_dict, from_json
 from ledger_stream.partitioning import partition_of
 
 logger = logging.getLogger(__name__)
@@ -34,8 +34,8 @@ def create_web_app(writer: Writer) -> web.Application:
         raw = log.store.account(account)
         if raw is None:
             return web.json_response({"error": "account_not_found", "account": account}, status=404)
-        state = AccountState.model_validate_json(raw)
-        body = {"account": account, **state.model_dump()}
+        state = from_json(raw, AccountState)
+        body = {"account": account, **as_dict(state)}
         return web.json_response({**body, "balance": state.balance, "available": state.available})
 
     async def partitions_view(request: web.Request) -> web.Response:

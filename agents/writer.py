@@ -55,7 +55,7 @@ from ledger_stream.intake import DeadLetter, Record, read_record
 from ledger_stream.kafka.reading import reader
 from ledger_stream.kafka.records import OutRecord, send_records
 from ledger_stream.kafka.retry import retried
-from ledger_stream.messages import AccountState, Outcome
+from ledger_stream.messages import AccountState, Outcome, from_json, to_json
 from ledger_stream.outputs import Outbox
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
@@ -497,7 +497,7 @@ class _Overlay:
     def _account(self, name: str) -> AccountState | None:
         if name not in self.accounts:
             raw = self.store.account(name)
-            self.accounts[name] = None if raw is None else AccountState.model_validate_json(raw)
+            self.accounts[name] = None if raw is None else from_json(raw, AccountState)
         return self.accounts[name]
 
     def _outcome(self, key: str) -> Outcome | None:
@@ -511,19 +511,13 @@ def _compacted(
     key: str, whole: bytes, before_ms: int, acknowledged: Mapping[tuple[str, int], int]
 ) -> bytes | None:
     """`core.compacted` of a stored whole outcome, for `PartitionLog.snapshot`."""
-    return compacted(key, Outcome.model_validate_json(whole), before_ms, acknowledged)
+    return compacted(key, from_json(whole, Outcome), before_ms, acknowledged)
 
 
 def _serialized(decision: Decision) -> Changes:
     return Changes(
-        {
-            name: state.model_dump_json(exclude_none=True).encode()
-            for name, state in decision.accounts.items()
-        },
-        {
-            key: outcome.model_dump_json(exclude_none=True).encode()
-            for key, outcome in decision.outcomes.items()
-        },
+        {name: to_json(state) for name, state in decision.accounts.items()},
+        {key: to_json(outcome) for key, outcome in decision.outcomes.items()},
         decision.head,
     )
 
@@ -567,7 +561,7 @@ def _refused_letter(item: Incoming, reason: str) -> DeadLetter:
         offset=int(offset or -1),
         timestamp_ms=item.timestamp_ms,
         key=None,
-        value=item.message.model_dump_json(exclude_none=True).encode(),
+        value=to_json(item.message),
         is_leg=True,
     )
     return DeadLetter(record, reason)

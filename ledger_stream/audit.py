@@ -18,8 +18,8 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
 
 from ledger_stream.core import TRANSIT, WORLD
 from ledger_stream.errors import BrokerUnavailable, ConfigurationError
@@ -33,6 +33,8 @@ from ledger_stream.messages import (
     JournalHead,
     Result,
     StateRecord,
+    from_json,
+    to_json,
 )
 from ledger_stream.money import CURRENCY_EXPONENTS, format_amount
 from ledger_stream.settings import Settings
@@ -306,8 +308,8 @@ def _read_entries(records: Iterable[LogRecord]) -> _Entries:
             entries.unreadable.append(f"{where} (no value: a tombstone erases history)")
             continue
         try:
-            event = JournalEvent.model_validate_json(record.value)
-        except ValidationError:
+            event = from_json(record.value, JournalEvent)
+        except msgspec.DecodeError:
             entries.unreadable.append(where)
             continue
         key = (record.partition, event.entry_id)
@@ -334,8 +336,8 @@ def _read_state(records: Iterable[LogRecord]) -> _WriterState:
     for record in sorted(records, key=lambda r: (r.partition, r.offset)):
         state.records += 1
         try:
-            commit = StateRecord.model_validate_json(record.value or b"")
-        except ValidationError:
+            commit = from_json(record.value or b"", StateRecord)
+        except msgspec.DecodeError:
             state.unreadable.append(f"state/{record.partition}/{record.offset}")
             continue
         if commit.expect != record.offset:  # void: it landed where its writer did not own
@@ -361,8 +363,8 @@ def _read_results(records: Iterable[LogRecord]) -> _Answers:
     answers = _Answers()
     for record in records:
         try:
-            answers.results.append(Result.model_validate_json(record.value or b""))
-        except ValidationError:
+            answers.results.append(from_json(record.value or b"", Result))
+        except msgspec.DecodeError:
             answers.unreadable.append(f"results/{record.partition}/{record.offset}")
     return answers
 
@@ -588,11 +590,11 @@ def _scattered(entries: _Entries) -> list[Failure]:
 
 def _several_outcomes(results: list[Result]) -> list[Failure]:
     """One command (id and payload) has one outcome: every answer but repeats is the same."""
-    groups: dict[tuple[str, str], dict[str, Result]] = defaultdict(dict)
+    groups: dict[tuple[str, str], dict[bytes, Result]] = defaultdict(dict)
     for result in results:
         if result.duplicate or result.code == "exists_with_different_payload":
             continue
-        groups[(result.command_id, result.payload_digest or "")][result.model_dump_json()] = result
+        groups[(result.command_id, result.payload_digest or "")][to_json(result)] = result
     names = [
         f"{command_id} ({len(seen)} answers: "
         + ", ".join(sorted(_answer(r) for r in seen.values()))

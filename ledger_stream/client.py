@@ -42,7 +42,7 @@ from ledger_stream.core import fingerprint
 from ledger_stream.errors import ConfigurationError, ResultTimeout, SendFailed
 from ledger_stream.intake import RECORD_BYTES_MAX
 from ledger_stream.kafka.retry import started
-from ledger_stream.messages import COMMAND_ADAPTER, Command, Result
+from ledger_stream.messages import COMMAND_ADAPTER, Command, Result, from_builtins
 from ledger_stream.partitioning import partition_of
 
 logger = logging.getLogger(__name__)
@@ -428,7 +428,7 @@ class LedgerClient:
             fields = orjson.loads(value)
             waiting = self._waiting.get(fields["command_id"])
             # No model is made for a result nobody here waits on.
-            result = Result.model_validate(fields) if waiting else None
+            result = from_builtins(fields, Result) if waiting else None
         except (ValueError, TypeError, KeyError):
             logger.warning("ignoring an unreadable result record: %r", value[:200])
             return

@@ -51,6 +51,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
+import msgspec
 import orjson
 
 from ledger_stream.messages import (
@@ -67,6 +68,8 @@ from ledger_stream.messages import (
     Result,
     Transfer,
     Withdraw,
+    from_builtins,
+    from_json,
     replaced,
 )
 from ledger_stream.money import AMOUNT_MAX, BALANCE_MAX
@@ -177,7 +180,8 @@ def compacted(
         topic, partition, offset, _ = outcome.origin.split("/")
         if int(offset) >= acknowledged.get((topic, int(partition)), 0):
             return None
-    result = outcome.result.model_dump(exclude_defaults=True, exclude={"command_id"})
+    result = msgspec.to_builtins(outcome.result)  # without the fields at their defaults
+    del result["command_id"]
     if result.get("payload_digest") == outcome.fingerprint:
         del result["payload_digest"]
     elif "payload_digest" not in result:
@@ -197,7 +201,7 @@ def compacted(
 def outcome_from_bytes(key: str, raw: bytes) -> Outcome:
     """An outcome as stored under `key`, whole or compact (`compacted`)."""
     if b'"command_id"' in raw:  # whole: its result (or its journal) names the command
-        return Outcome.model_validate_json(raw)
+        return from_json(raw, Outcome)
     data = orjson.loads(raw)
     result = data.get("result")
     if result is not None and "command_id" not in result:
@@ -207,7 +211,7 @@ def outcome_from_bytes(key: str, raw: bytes) -> Outcome:
         code = result.get("code")
         if code is not None:
             result.setdefault("reason", REASONS.get(code))
-    return Outcome.model_validate(data)
+    return from_builtins(data, Outcome)
 
 
 def fingerprint(message: Command | Leg) -> str:

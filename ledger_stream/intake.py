@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from pydantic import ValidationError
 
 from ledger_stream.core import Incoming, Reply
@@ -23,9 +24,10 @@ from ledger_stream.messages import (
     COMMAND_ADAPTER,
     COMMAND_BATCH_ADAPTER,
     COMMAND_BATCH_MAX,
-    LEG_BATCH_ADAPTER,
     CommandBase,
+    LegBatch,
     Result,
+    from_json,
 )
 
 DEADLETTER_HEADERS = ("source_topic", "source_partition", "source_offset", "error")
@@ -84,16 +86,18 @@ def read_record(record: Record, is_here: Callable[[str], bool]) -> Intake:
         error = f"record of {len(value)} bytes is over the limit of {RECORD_BYTES_MAX} bytes"
         replies = () if record.is_leg else _oversize_rejections(value, error)
         return Intake([], DeadLetter(record, error, replies))
+    if record.is_leg:
+        try:
+            legs: list[Any] = from_json(value, LegBatch)
+        except msgspec.DecodeError as error:
+            return Intake([], DeadLetter(record, str(error)[:1000]))
+        return _placed(record, legs, is_here)
     try:
-        if record.is_leg:
-            messages: list[Any] = LEG_BATCH_ADAPTER.validate_json(value)
-        elif value.lstrip()[:1] == b"[":
+        if value.lstrip()[:1] == b"[":
             messages = COMMAND_BATCH_ADAPTER.validate_json(value)
         else:
             messages = [COMMAND_ADAPTER.validate_json(value)]
     except ValidationError as error:
-        if record.is_leg:
-            return Intake([], DeadLetter(record, _describe(error)))
         return _read_items(record, error, is_here)
     return _placed(record, messages, is_here)
 

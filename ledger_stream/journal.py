@@ -13,7 +13,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from ledger_stream.kafka.reading import read_topic
-from ledger_stream.messages import JournalEvent
+from ledger_stream.messages import JournalEvent, from_json
 
 
 async def read_journal(bootstrap_servers: str, topic: str) -> list[JournalEvent]:
@@ -31,7 +31,7 @@ async def read_journal(bootstrap_servers: str, topic: str) -> list[JournalEvent]
         async for records in batches:
             for record in records:
                 if record.value is not None:
-                    event = JournalEvent.model_validate_json(record.value)
+                    event = from_json(record.value, JournalEvent)
                     events[(record.partition, event.entry_id)] = event
     return list(events.values())
 

@@ -11,13 +11,10 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import orjson
-from pydantic import BaseModel
-
 from ledger_stream.core import Reply
 from ledger_stream.intake import DeadLetter
 from ledger_stream.kafka.records import OutRecord
-from ledger_stream.messages import JournalEvent, Leg
+from ledger_stream.messages import JournalEvent, Leg, to_json
 from ledger_stream.partitioning import partition_of
 from ledger_stream.topics import TopicNames
 
@@ -42,20 +39,20 @@ class Outbox:
 
     def records(self, topics: TopicNames, partitions: int) -> Iterator[OutRecord]:
         for partition, event in self.journal:
-            yield OutRecord(topics.journal, partition, event.entry_id.encode(), _json(event))
+            yield OutRecord(topics.journal, partition, event.entry_id.encode(), to_json(event))
         for reply in self.results:
             command_id = reply.result.command_id
             target = reply.partition
             if target is None or target >= partitions:  # unnamed or nonexistent: by key
                 target = partition_of(command_id, partitions)
-            yield OutRecord(topics.results, target, command_id.encode(), _json(reply.result))
+            yield OutRecord(topics.results, target, command_id.encode(), to_json(reply.result))
         by_partition: dict[int, list[Leg]] = defaultdict(list)
         for leg in self.legs:
             by_partition[partition_of(leg.account, partitions)].append(leg)
         for partition, legs in by_partition.items():
             for start in range(0, len(legs), LEGS_PER_RECORD_MAX):
                 chunk = legs[start : start + LEGS_PER_RECORD_MAX]
-                value = orjson.dumps([leg.model_dump(exclude_none=True) for leg in chunk])
+                value = to_json(chunk)
                 yield OutRecord(topics.legs, partition, chunk[0].account.encode(), value)
         for letter in self.dead_letters:
             yield dead_letter_record(topics.deadletter, letter)
@@ -71,7 +68,3 @@ def dead_letter_record(topic: str, letter: DeadLetter) -> OutRecord:
     if key is not None and len(key) > DEAD_LETTER_VALUE_BYTES_MAX:
         key = key[:DEAD_LETTER_VALUE_BYTES_MAX]
     return OutRecord(topic, 0, key, value, headers)
-
-
-def _json(message: BaseModel) -> bytes:
-    return message.model_dump_json(exclude_none=True).encode()

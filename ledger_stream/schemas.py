@@ -1,4 +1,5 @@
-"""JSON Schemas of every message on every topic, generated from the pydantic models.
+"""JSON Schemas of every message on every topic, generated from the models (pydantic for
+commands, msgspec for what the writers make).
 
 `python -m ledger_stream.schemas` rewrites `schemas/`; a test fails when the files drift.
 """
@@ -10,9 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from pydantic import TypeAdapter
 
-from ledger_stream.messages import SCHEMA_MODELS
+from ledger_stream.messages import SCHEMA_MODELS, WriterMessage
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
@@ -32,7 +34,11 @@ def render() -> dict[str, str]:
     """File name -> JSON text of each schema."""
     files = {}
     for name, model in SCHEMA_MODELS.items():
-        schema: dict[str, Any] = TypeAdapter(model).json_schema()
+        schema: dict[str, Any] = (
+            msgspec.json.schema(model)
+            if isinstance(model, type) and issubclass(model, WriterMessage)
+            else TypeAdapter(model).json_schema()
+        )
         schema = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": f"ledger_stream/{name}.json",

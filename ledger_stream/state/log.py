@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ledger_stream.errors import LedgerError
 from ledger_stream.kafka.reading import read_range, true_ends
-from ledger_stream.messages import JournalHead
+from ledger_stream.messages import JournalHead, from_builtins, to_json
 from ledger_stream.state.store import Changes, PartitionStore, Position, SnapshotMark, digest
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def encode(
         parts += [b',"', name.encode(), b'":', orjson.dumps(mark)]
     if changes is not None:
         if changes.head is not None:
-            parts += [b',"head":', changes.head.model_dump_json().encode()]
+            parts += [b',"head":', to_json(changes.head)]
         for name, values in (("accounts", changes.accounts), ("outcomes", changes.outcomes)):
             items = b",".join(orjson.dumps(key) + b":" + value for key, value in values.items())
             parts += [b',"', name.encode(), b'":{', items, b"}"]
@@ -429,7 +429,7 @@ class PartitionLog:
             accounts = dict(data.get("accounts", {}))
             outcomes = dict(data.get("outcomes", {}))
             head = data.get("head")
-            head = None if head is None else JournalHead.model_validate(head)
+            head = None if head is None else from_builtins(head, JournalHead)
             base = int(data["base"]) if kind == "snapshot" else None
         except (TypeError, ValueError, KeyError) as error:
             # A record at its own `expect` is a commit someone made: dropping it could lose

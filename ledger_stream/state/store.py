@@ -18,7 +18,7 @@ from typing import Literal
 import orjson
 import rocksdict
 
-from ledger_stream.messages import JournalHead
+from ledger_stream.messages import JournalHead, from_json, to_json
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class PartitionStore:
     @property
     def head(self) -> JournalHead:
         raw = self.db.get(_HEAD)
-        return JournalHead() if raw is None else JournalHead.model_validate_json(raw)
+        return JournalHead() if raw is None else from_json(raw, JournalHead)
 
     def apply(self, changes: Changes, position: Position) -> None:
         """Write `changes` and move the position over the records they came from, at once."""
@@ -162,7 +162,7 @@ class PartitionStore:
             batch.put(_COMPACT + key.encode(), value)
             batch.delete(_OUTCOME + key.encode())
         if changes.head is not None:
-            batch.put(_HEAD, changes.head.model_dump_json().encode())
+            batch.put(_HEAD, to_json(changes.head))
         if changes.snapshot is not None:
             mark = {"base": changes.snapshot.base, "size_bytes": changes.snapshot.size_bytes}
             batch.put(_SNAPSHOT, orjson.dumps(mark))

@@ -18,6 +18,7 @@ from ledger_stream.client import LedgerClient
 from ledger_stream.journal import read_journal
 from ledger_stream.kafka.broker import free_port, probe_metadata
 from ledger_stream.local import start_local_ledger
+from ledger_stream.messages import replaced, to_json
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
 from ledger_stream.topics import TopicNames
@@ -218,12 +219,12 @@ async def _edit_a_journal_event(settings: Settings) -> str:
     journal = TopicNames.from_settings(settings).journal
     events = await read_journal(settings.bootstrap_servers, journal)
     deposit = next(event for event in events if event.kind == "deposit")
-    forged = deposit.model_copy(update={"metadata": {"edited": "yes"}})
+    forged = replaced(deposit, metadata={"edited": "yes"})
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
     await producer.start()
     try:
         partition = partition_of(deposit.account, settings.partitions)
-        value = forged.model_dump_json(exclude_none=True).encode()
+        value = to_json(forged)
         await producer.send_and_wait(
             journal, value, key=deposit.entry_id.encode(), partition=partition
         )

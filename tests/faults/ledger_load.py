@@ -41,6 +41,7 @@ from ledger_stream.messages import (
     StateRecord,
     Transfer,
     Withdraw,
+    from_json,
 )
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
@@ -362,9 +363,7 @@ async def read_state_log(settings: Settings) -> list[StateEntry]:
     topic = TopicNames.from_settings(settings).state
     async for records in read_topic(settings.bootstrap_servers, topic):
         for r in records:
-            entries.append(
-                StateEntry(r.partition, r.offset, StateRecord.model_validate_json(r.value))
-            )
+            entries.append(StateEntry(r.partition, r.offset, from_json(r.value, StateRecord)))
     return sorted(entries, key=lambda e: (e.partition, e.offset))
 
 

@@ -26,7 +26,7 @@ from ledger_load import (
 from worker_harness import Workers, polled
 
 from ledger_stream.kafka.reading import read_topic
-from ledger_stream.messages import Result
+from ledger_stream.messages import Result, from_json
 from ledger_stream.outputs import DEAD_LETTER_VALUE_BYTES_MAX
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
@@ -182,7 +182,7 @@ async def results_of(ledger: Settings, command_ids: set[str]) -> dict[str, Resul
     topic = TopicNames.from_settings(ledger).results
     async for records in read_topic(ledger.bootstrap_servers, topic):
         for record in records:
-            result = Result.model_validate_json(record.value)
+            result = from_json(record.value, Result)
             if result.command_id in command_ids:
                 found[result.command_id] = result
     return found

@@ -28,7 +28,7 @@ from worker_harness import Workers
 from ledger_stream.client import LedgerClient
 from ledger_stream.journal import Books, fold, read_journal
 from ledger_stream.local import WorkerProcess
-from ledger_stream.messages import JournalEvent, Result
+from ledger_stream.messages import JournalEvent, Result, from_json
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
 from ledger_stream.topics import TopicNames
@@ -499,9 +499,7 @@ async def test_bad_input_goes_to_dead_letters_and_processing_goes_on(
         client.reply_partition,
         lambda rs: wanted <= {r.key for r in rs},
     )
-    answers = {
-        r.key.decode(): Result.model_validate_json(r.value) for r in replies if r.key in wanted
-    }
+    answers = {r.key.decode(): from_json(r.value, Result) for r in replies if r.key in wanted}
     assert {k: (a.status, a.code) for k, a in answers.items()} == {
         wrong_schema_id: ("rejected", "invalid_command"),
         misrouted_id: ("rejected", "wrong_partition"),
@@ -584,7 +582,7 @@ async def test_amount_past_64_bits_is_refused_and_the_worker_goes_on(
             ),
             worker,
         )
-        answers = [Result.model_validate_json(r.value) for r in replies]
+        answers = [from_json(r.value, Result) for r in replies]
         huge = next(a for a in answers if a.command_id == command_id)
         assert huge.status == "rejected"
         assert huge.code in {"amount_too_large", "invalid_amount"}

@@ -23,6 +23,9 @@ from ledger_stream.messages import (
     Posting,
     Result,
     StateRecord,
+    from_json,
+    replaced,
+    to_json,
 )
 
 WORLD, TRANSIT = "@world", "@transit"
@@ -38,17 +41,15 @@ def event(
             Posting(account=debited, debit=amount),
             Posting(account=credited, credit=amount),
         ]
-    return JournalEvent.model_validate(
-        {
-            "entry_id": entry_id,
-            "command_id": entry_id.rsplit(":", 1)[0],
-            "kind": kind,
-            "account": account,
-            "currency": "EUR",
-            "postings": postings,
-            "timestamp_ms": 1_700_000_000_000,
-            **extra,
-        }
+    return JournalEvent(
+        entry_id=entry_id,
+        command_id=entry_id.rsplit(":", 1)[0],
+        kind=kind,  # type: ignore[arg-type]
+        account=account,
+        currency="EUR",
+        postings=postings,
+        timestamp_ms=1_700_000_000_000,
+        **extra,
     )
 
 
@@ -81,12 +82,12 @@ def chained(events: list[JournalEvent]) -> list[JournalEvent]:
     out: list[JournalEvent] = []
     for seq, unstamped in enumerate(events, start=1):
         prev_hash = out[-1].chain_hash() if out else ""
-        out.append(unstamped.model_copy(update={"seq": seq, "prev_hash": prev_hash}))
+        out.append(replaced(unstamped, seq=seq, prev_hash=prev_hash))
     return out
 
 
 def as_bytes(message: Any) -> bytes:
-    return message.model_dump_json(exclude_none=True).encode()
+    return to_json(message)
 
 
 def records(partition: int, values: list[bytes], first_offset: int = 0) -> list[LogRecord]:
@@ -190,13 +191,13 @@ def named(report: AuditReport, check_name: str) -> str:
 def replace_journal(ledger: LedgerRecords, entry_id: str, edited: JournalEvent) -> None:
     """Overwrite every copy of an entry in place (same partition and offset)."""
     for i, record in enumerate(ledger.journal):
-        if JournalEvent.model_validate_json(record.value or b"").entry_id == entry_id:
+        if from_json(record.value or b"", JournalEvent).entry_id == entry_id:
             ledger.journal[i] = LogRecord(record.partition, record.offset, None, as_bytes(edited))
 
 
 def stored(ledger: LedgerRecords, entry_id: str) -> JournalEvent:
     for record in ledger.journal:
-        e = JournalEvent.model_validate_json(record.value or b"")
+        e = from_json(record.value or b"", JournalEvent)
         if e.entry_id == entry_id:
             return e
     raise AssertionError(entry_id)
@@ -236,8 +237,8 @@ def test_a_transfer_still_in_transit_is_counted_not_failed() -> None:
 def test_an_unbalanced_event_is_named() -> None:
     events = clean_events()
     lopsided = event("dep-2:0", "deposit", "alice", (WORLD, "alice", 100))
-    lopsided = lopsided.model_copy(
-        update={"postings": [*lopsided.postings[:1], Posting(account="alice", credit=90)]}
+    lopsided = replaced(
+        lopsided, postings=[*lopsided.postings[:1], Posting(account="alice", credit=90)]
     )
     events[0].append(lopsided)
 
@@ -271,7 +272,7 @@ def test_a_transfer_both_credited_and_refunded_is_named() -> None:
 def test_an_edited_event_breaks_the_chain_after_it() -> None:
     ledger = build(clean_events())
     original = stored(ledger, "dep-1:0")
-    replace_journal(ledger, "dep-1:0", original.model_copy(update={"metadata": {"x": "y"}}))
+    replace_journal(ledger, "dep-1:0", replaced(original, metadata={"x": "y"}))
 
     report = audited(ledger)
 
@@ -282,7 +283,7 @@ def test_an_edited_event_breaks_the_chain_after_it() -> None:
 def test_an_edited_last_event_differs_from_the_state_head() -> None:
     ledger = build(clean_events())
     original = stored(ledger, "tx-1:1")
-    replace_journal(ledger, "tx-1:1", original.model_copy(update={"metadata": {"x": "y"}}))
+    replace_journal(ledger, "tx-1:1", replaced(original, metadata={"x": "y"}))
 
     report = audited(ledger)
 
@@ -318,13 +319,13 @@ def test_reordered_events_are_named() -> None:
     # Exchange the places of seq 5 and seq 6 in partition 0's chain.
     fifth, sixth = stored(ledger, "tr-1:0"), stored(ledger, "dave-close:0")
     swapped = {
-        fifth.entry_id: fifth.model_copy(update={"seq": 6}),
-        sixth.entry_id: sixth.model_copy(update={"seq": 5}),
+        fifth.entry_id: replaced(fifth, seq=6),
+        sixth.entry_id: replaced(sixth, seq=5),
     }
     ledger.journal[:] = [
         LogRecord(r.partition, r.offset, r.key, as_bytes(swapped[event.entry_id]))
         if r.partition == 0
-        and (event := JournalEvent.model_validate_json(r.value or b"{}"))
+        and (event := from_json(r.value or b"{}", JournalEvent))
         and event.entry_id in swapped
         else r
         for r in ledger.journal
@@ -338,7 +339,7 @@ def test_reordered_events_are_named() -> None:
 
 def test_an_entry_id_with_two_contents_is_named() -> None:
     ledger = build(clean_events())
-    other = stored(ledger, "wd-1:0").model_copy(update={"metadata": {"x": "y"}})
+    other = replaced(stored(ledger, "wd-1:0"), metadata={"x": "y"})
     ledger.journal.append(LogRecord(0, 99, None, as_bytes(other)))
 
     report = audited(ledger)
@@ -389,7 +390,7 @@ def test_a_command_answered_two_ways_is_named() -> None:
 def test_a_command_without_result_is_named() -> None:
     ledger = build(clean_events())
     ledger.results[:] = [
-        r for r in ledger.results if Result.model_validate_json(r.value or b"").command_id != "wd-1"
+        r for r in ledger.results if from_json(r.value or b"", Result).command_id != "wd-1"
     ]
 
     report = audited(ledger)

@@ -38,6 +38,7 @@ from ledger_stream.messages import (
     Transfer,
     Withdraw,
     replaced,
+    to_json,
 )
 from ledger_stream.money import AMOUNT_MAX, BALANCE_MAX
 
@@ -784,7 +785,7 @@ def test_a_repeat_re_emits_the_original_outcome_marked_duplicate_and_moves_nothi
     first = partition.run([command], timestamp_ms=1_000)
     accounts, outcomes = dict(partition.accounts), dict(partition.outcomes)
     again = partition.run([command], timestamp_ms=2_000)
-    assert [r.result.model_copy(update={"duplicate": False}) for r in again.results] == [
+    assert [replaced(r.result, duplicate=False) for r in again.results] == [
         r.result for r in first.results
     ]
     assert all(r.result.duplicate for r in again.results)
@@ -849,7 +850,7 @@ def test_the_same_command_id_with_another_payload_is_rejected_and_moves_nothing(
     assert (partition.accounts, partition.outcomes) == (accounts, outcomes)
     # The original is still what a repeat of it gets.
     again = partition.run([original])
-    assert [r.result.model_copy(update={"duplicate": False}) for r in again.results] == [
+    assert [replaced(r.result, duplicate=False) for r in again.results] == [
         r.result for r in first.results
     ]
 
@@ -1093,7 +1094,7 @@ def test_a_repeat_of_the_transfer_while_the_credit_is_in_flight_re_sends_the_leg
     again = source.run([command.model_copy(update={"reply_partition": 2})])
     assert again.results == []
     assert again.journal == debit.journal
-    assert [leg.model_copy(update={"reply_partition": 1}) for leg in again.legs] == debit.legs
+    assert [replaced(leg, reply_partition=1) for leg in again.legs] == debit.legs
     assert again.accounts == {}
     assert source.accounts["alice"].debits_in_transit == 30
     # Both legs reach the destination: the money lands once.
@@ -1140,7 +1141,7 @@ def test_an_account_can_be_closed_once_its_last_transfer_has_settled() -> None:
 def test_credit_legs_sharing_a_transfer_id_from_two_partitions_do_not_stop_the_writer() -> None:
     target = PartitionStore(is_local=lambda name: partition_of(name) == 1, accounts={"bob": usd()})
     from_alice = credit_leg()
-    from_carl = from_alice.model_copy(update={"source": "carl", "amount": 7})
+    from_carl = replaced(from_alice, source="carl", amount=7)
     target.run([from_alice])
     second = target.run([from_carl])
     # The id is taken on bob's partition: carl's 7 goes back to carl.
@@ -1232,7 +1233,7 @@ def test_journal_chain(
         for event in decision.journal:
             assert event.seq is not None
             if event.entry_id in first_sent:  # a re-send: the same bytes as the first time
-                assert event.model_dump_json() == first_sent[event.entry_id].model_dump_json()
+                assert to_json(event) == to_json(first_sent[event.entry_id])
                 continue
             first_sent[event.entry_id] = by_seq[event.seq] = event
             before = by_seq[event.seq - 1].chain_hash() if event.seq > 1 else ""
@@ -1279,7 +1280,7 @@ def test_a_changed_event_no_longer_matches_the_prev_hash_of_the_next() -> None:
     partition = store()
     first, second = partition.run([D1, D2]).journal
     assert second.prev_hash == first.chain_hash()
-    edited = first.model_copy(update={"timestamp_ms": first.timestamp_ms + 1})
+    edited = replaced(first, timestamp_ms=first.timestamp_ms + 1)
     assert edited.chain_hash() != second.prev_hash
 
 
@@ -1301,9 +1302,7 @@ def test_each_partition_keeps_its_own_chain_and_a_refund_event_is_stamped_on_the
     # The outcome keeps both stamped events: repeats re-send them byte for byte.
     assert source.outcomes["cmd:t1"].journal == [debit_event, refund_event]
     again = source.run([command])
-    assert [e.model_dump_json() for e in again.journal] == [
-        e.model_dump_json() for e in (debit_event, refund_event)
-    ]
+    assert [to_json(e) for e in again.journal] == [to_json(e) for e in (debit_event, refund_event)]
     refund_again = source.run(credit.legs)
     assert refund_again.journal == [refund_event]
     assert source.head == refund.head
@@ -1363,7 +1362,7 @@ def test_a_returning_leg_that_matches_no_pending_transfer_is_refused(
     case: str, changes: dict[str, Any], reason: str
 ) -> None:
     source, credit_leg = pending_transfer()
-    forged = credit_leg.model_copy(update=changes)
+    forged = replaced(credit_leg, **changes)
     accounts, outcomes, head = dict(source.accounts), dict(source.outcomes), source.head
     prefetched_accounts, prefetched_outcomes = source.prefetch([forged])
     incoming = Incoming(forged, 5_000, "legs/0/3/0")
@@ -1374,14 +1373,14 @@ def test_a_returning_leg_that_matches_no_pending_transfer_is_refused(
     assert (decision.accounts, decision.outcomes, decision.head) == ({}, {}, head)
     assert (source.accounts, source.outcomes) == (accounts, outcomes)
     # The real transfer is untouched: its settle still ends it.
-    settled = source.run([credit_leg.model_copy(update={"type": "settle"})])
+    settled = source.run([replaced(credit_leg, type="settle")])
     assert settled.refused == []
     assert source.accounts["alice"] == usd(credits_posted=100, debits_posted=30)
 
 
 def test_a_refused_leg_in_a_batch_leaves_the_other_inputs_decided_in_order() -> None:
     source, credit_leg = pending_transfer()
-    forged = credit_leg.model_copy(update={"type": "settle", "amount": 31})
+    forged = replaced(credit_leg, type="settle", amount=31)
     decision = source.run([forged, deposit("alice", 5, command_id="d1"), forged])
     assert [incoming.message for incoming, _ in decision.refused] == [forged, forged]
     assert result_fields(decision) == [("d1", "accepted", None, False, None)]
@@ -1390,9 +1389,9 @@ def test_a_refused_leg_in_a_batch_leaves_the_other_inputs_decided_in_order() -> 
 
 def test_a_returning_leg_for_a_final_outcome_is_answered_as_a_repeat_not_refused() -> None:
     source, credit_leg = pending_transfer()
-    source.run([credit_leg.model_copy(update={"type": "settle"})])
-    late_refund = credit_leg.model_copy(update={"type": "refund", "code": "account_closed"})
-    decision = source.run([late_refund, credit_leg.model_copy(update={"type": "settle"})])
+    source.run([replaced(credit_leg, type="settle")])
+    late_refund = replaced(credit_leg, type="refund", code="account_closed")
+    decision = source.run([late_refund, replaced(credit_leg, type="settle")])
     assert decision.refused == []
     assert result_fields(decision) == [("t1", "accepted", None, True, 1)]
     assert (decision.journal, decision.legs, decision.accounts, decision.outcomes) == (
@@ -1479,7 +1478,7 @@ def test_an_outcome_past_its_window_keeps_its_fingerprint_and_answer_and_still_d
     compact = kept("cmd:d1", whole, before_ms=1_001)
     assert compact == answer_only(whole)
     stored = compacted("cmd:d1", whole, 1_001, ACKED) or b""
-    assert len(stored) < len(compact.model_dump_json(exclude_defaults=True))
+    assert len(stored) < len(to_json(compact))
     repeat = decide(
         {"alice": alice},
         {"cmd:d1": compact},

@@ -16,7 +16,7 @@ from ledger_stream.client import LedgerClient
 from ledger_stream.core import fingerprint
 from ledger_stream.errors import ResultTimeout, SendFailed
 from ledger_stream.intake import RECORD_BYTES_MAX
-from ledger_stream.messages import COMMAND_ADAPTER, Command, Result
+from ledger_stream.messages import COMMAND_ADAPTER, Command, Result, to_json
 from ledger_stream.partitioning import partition_of
 
 PARTITIONS = 4
@@ -80,7 +80,7 @@ class FakeResults:
         self._polls: asyncio.Queue[list[bytes | None]] = asyncio.Queue()
 
     def publish(self, result: Result) -> None:
-        self._polls.put_nowait([result.model_dump_json(exclude_none=True).encode()])
+        self._polls.put_nowait([to_json(result)])
 
     def __aiter__(self) -> FakeResults:
         return self
