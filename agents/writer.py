@@ -88,6 +88,10 @@ EXIT_BROKER_GONE = 75  # EX_TEMPFAIL
 EXIT_FENCED = 76  # another writer owns a partition this one was writing
 
 COMMIT_INPUTS_MAX = 5000  # inputs decided into one state record, before any size check
+# Decoded state a writer keeps per partition between batches (`_Overlay`): the accounts it
+# decides again, and the outcomes of transfers whose legs come back within seconds.
+ACCOUNTS_KEPT_MAX = 50_000
+OUTCOMES_KEPT_MAX = 20_000
 
 
 @dataclass
@@ -117,6 +121,7 @@ class Writer:
         self.admin: AIOKafkaAdminClient | None = None  # deletes state log before snapshots
         self.trim_refused = False
         self.latest_ms: dict[int, int] = {}  # newest record time seen, by partition
+        self.overlays: dict[int, _Overlay] = {}  # decoded state kept, by partition
 
     # -- running ------------------------------------------------------------------------
 
@@ -176,6 +181,7 @@ class Writer:
             for number in numbers:
                 if number not in self.logs:
                     self.logs[number] = await self._restore(number)
+                    self.overlays[number] = _Overlay(self.logs[number].store)
                     await self.faults.passed("claimed")
             assert self.consumer is not None
             for tp in assigned:
@@ -190,6 +196,7 @@ class Writer:
         async with self.lock:
             for number in sorted({tp.partition for tp in revoked}):
                 log = self.logs.pop(number, None)
+                self.overlays.pop(number, None)
                 if log is not None:
                     log.store.close()
             for tp in revoked:
@@ -276,7 +283,8 @@ class Writer:
                 letters.dead_letters.append(read.dead_letter)
                 letters.results.extend(read.dead_letter.replies)
         BATCH_SIZE.observe(len(inputs))
-        overlay = _Overlay(self.logs[number].store)
+        overlay = self.overlays[number]
+        overlay.trim()
         pieces: list[Piece] = []
         start, size = 0, COMMIT_INPUTS_MAX
         while start < len(inputs):
@@ -330,6 +338,7 @@ class Writer:
                 )
             except Fenced as error:
                 _stop_worker(EXIT_FENCED, f"{error}; stopped while writing a snapshot")
+            self.overlays[number].forget_outcomes()  # some are compact now
             SNAPSHOTS.inc()
             logger.info("partition %d: %s; %.2f s", number, figures, time.perf_counter() - started)
             if previous is not None:
@@ -469,8 +478,11 @@ class _Listener(ConsumerRebalanceListener):
 
 
 class _Overlay:
-    """A partition's state as the pieces decided so far in this batch leave it: read from the
-    store once per key, then kept as the models `decide` returned."""
+    """A partition's state as the writer last decided it: read from the store once per key,
+    then kept as the structs `decide` returned, within a batch (where the store does not have
+    its earlier pieces yet) and across batches (`trim`). While the writer owns the partition
+    no one else changes it; the one change made around the overlay is a snapshot's
+    compaction, after which `forget_outcomes`."""
 
     def __init__(self, store: PartitionStore) -> None:
         self.store = store
@@ -493,6 +505,20 @@ class _Overlay:
         self.accounts.update(decision.accounts)
         self.outcomes.update(decision.outcomes)
         self.head = decision.head
+
+    def trim(self) -> None:
+        """Between batches, when all it holds is stored: keep the outcomes of transfers that
+        wait for their legs (the others are answered, and seldom asked for again), and
+        start afresh past a bound."""
+        if len(self.accounts) > ACCOUNTS_KEPT_MAX:
+            self.accounts.clear()
+        waiting: dict[str, Outcome | None] = {
+            k: o for k, o in self.outcomes.items() if o is not None and o.result is None
+        }
+        self.outcomes = waiting if len(waiting) <= OUTCOMES_KEPT_MAX else {}
+
+    def forget_outcomes(self) -> None:
+        self.outcomes.clear()
 
     def _account(self, name: str) -> AccountState | None:
         if name not in self.accounts:

@@ -49,6 +49,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Literal, NamedTuple
 
 import msgspec
@@ -588,7 +589,10 @@ def _check_return(leg: Leg, original: Outcome | None) -> str | None:
 
 
 def _same_transfer(one: Leg, other: Leg) -> bool:
-    return all(getattr(one, name) == getattr(other, name) for name in TRANSFER_FIELDS)
+    return _transfer_fields(one) == _transfer_fields(other)
+
+
+_transfer_fields = attrgetter(*TRANSFER_FIELDS)
 
 
 def _leg_event(

@@ -81,7 +81,19 @@ class PartitionStore:
         # RocksDB's default memtable is 64 MiB, two of them, per partition: a worker of 8
         # partitions would grow to a gigabyte before its first flush.
         options.set_write_buffer_size(MEMTABLE_BYTES)
+        # Most outcome lookups are of command ids never seen: a bloom filter answers those
+        # without reading the tables' index blocks.
+        table = rocksdict.BlockBasedOptions()
+        table.set_bloom_filter(10, False)
+        options.set_block_based_table_factory(table)
         db = rocksdict.Rdict(str(self.path), options=options)
+        # No write-ahead log, as Kafka Streams does for its stores: the state log is the
+        # record. A crash loses what the memtables held, position included (one write batch
+        # is one memtable write), so the store is some earlier prefix of the log and
+        # `PartitionLog.restore` reads on from there. (The stubs take the property for a method.)
+        writing = rocksdict.WriteOptions()
+        writing.disable_wal = True  # type: ignore[method-assign,assignment]
+        db.set_write_options(writing)
         found = db.get(_IDENTITY)
         if found is not None and found.decode() != self.identity:
             logger.warning(
