@@ -113,6 +113,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--bootstrap", help="use this Kafka instead of starting the embedded broker")
     bench.add_argument("--json", action="store_true", help="last line: one JSON object of figures")
     bench.add_argument("--seed", type=int, default=11)
+    bench.add_argument(
+        "--writer-only",
+        action="store_true",
+        help="the writer's own CPU per transfer, without Kafka: its batch path fed in memory "
+        "(repeatable; compare versions of the writer with it)",
+    )
+    bench.add_argument(
+        "--batches", type=int, default=100, help="--writer-only: batches of 2,000 transfers"
+    )
     bench.set_defaults(run=_bench)
 
     audit = commands.add_parser(
@@ -218,6 +227,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.writer_only:
+        from agents.bench_writer import report, run_writer_bench
+
+        figures = run_writer_bench(
+            args.accounts, args.partitions, args.cross, args.hot, args.batches, args.seed
+        )
+        report(figures, args.json)
+        return 0
     from ledger_stream.bench import run_bench
 
     _exit_on_sigterm()

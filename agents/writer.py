@@ -319,30 +319,32 @@ class Writer:
         await self.faults.passed("committed")
 
     async def _snapshot_where_due(self, numbers: list[int]) -> None:
-        """Step 7: snapshot each partition whose state log has grown enough since its last
-        snapshot, then delete the log before the snapshot before it."""
+        """Step 7: snapshot the partition whose state log has grown the most past its due
+        size since its last snapshot, then delete the log before the snapshot before it. One
+        partition a batch: a snapshot stops the worker while it is written (seconds, for a
+        hundred thousand accounts), and the others' turns come between batches."""
         due = [n for n in numbers if self.logs[n].snapshot_due(self.settings.snapshot_bytes)]
         if not due:
             return
+        number = max(due, key=lambda n: self.logs[n].since_snapshot_bytes)
         acknowledged = {(tp.topic, tp.partition): at for tp, at in self.progress.acked.items()}
-        for number in due:
-            log = self.logs[number]
-            before_ms = self.latest_ms[number] - self.settings.outcome_window_s * 1000
-            previous = log.store.snapshot
-            started = time.perf_counter()
-            try:
-                figures = await log.snapshot(
-                    partial(_compacted, before_ms=before_ms, acknowledged=acknowledged),
-                    self._archive,
-                    lambda: self.faults.passed("snapshot-partly-written"),
-                )
-            except Fenced as error:
-                _stop_worker(EXIT_FENCED, f"{error}; stopped while writing a snapshot")
-            self.overlays[number].forget_outcomes()  # some are compact now
-            SNAPSHOTS.inc()
-            logger.info("partition %d: %s; %.2f s", number, figures, time.perf_counter() - started)
-            if previous is not None:
-                await self._trim(number, previous.base)
+        log = self.logs[number]
+        before_ms = self.latest_ms[number] - self.settings.outcome_window_s * 1000
+        previous = log.store.snapshot
+        started = time.perf_counter()
+        try:
+            figures = await log.snapshot(
+                partial(_compacted, before_ms=before_ms, acknowledged=acknowledged),
+                self._archive,
+                lambda: self.faults.passed("snapshot-partly-written"),
+            )
+        except Fenced as error:
+            _stop_worker(EXIT_FENCED, f"{error}; stopped while writing a snapshot")
+        self.overlays[number].forget_outcomes()  # some are compact now
+        SNAPSHOTS.inc()
+        logger.info("partition %d: %s; %.2f s", number, figures, time.perf_counter() - started)
+        if previous is not None:
+            await self._trim(number, previous.base)
 
     async def _archive(self, number: int, compact: dict[str, bytes]) -> None:
         """Store compact outcomes in partition `number` of the outcomes topic, acked."""

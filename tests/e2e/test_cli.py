@@ -148,6 +148,19 @@ def test_bench_open_loop_offers_its_rate_and_answers_every_transfer() -> None:
     assert "postgres" not in figures
 
 
+def test_bench_writer_only_answers_every_transfer_without_a_broker() -> None:
+    done = run_cli(
+        *("bench", "--writer-only", "--accounts", "200", "--partitions", "4"),
+        *("--batches", "3", "--json"),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    # The legs went round: every transfer measured has its one answer, and none was refused.
+    assert figures["transfers"] == 3 * 2_000
+    assert figures["answered"] == {"accepted": figures["decided"]}
+    assert figures["cpu_s_per_1000"] > 0
+
+
 def test_a_terminated_bench_stops_the_broker_and_workers_it_started() -> None:
     process = subprocess.Popen(
         [*CLI, "bench", "--accounts", "20", "--partitions", "2", "--duration", "600"],
