@@ -46,7 +46,7 @@ from ledger_stream.core import (
     accounts_to_prefetch,
     compacted,
     decide,
-    outcome_from_bytes,
+    outcome_from_compact,
     outcomes_to_prefetch,
 )
 from ledger_stream.errors import LedgerError
@@ -530,8 +530,13 @@ class _Overlay:
 
     def _outcome(self, key: str) -> Outcome | None:
         if key not in self.outcomes:
-            raw = self.store.outcome(key)
-            self.outcomes[key] = None if raw is None else outcome_from_bytes(key, raw)
+            stored = self.store.outcome(key)
+            if stored is None:
+                self.outcomes[key] = None
+            elif stored.compact:
+                self.outcomes[key] = outcome_from_compact(key, stored.value)
+            else:
+                self.outcomes[key] = from_json(stored.value, Outcome)
         return self.outcomes[key]
 
 

@@ -70,7 +70,6 @@ from ledger_stream.messages import (
     Transfer,
     Withdraw,
     from_builtins,
-    from_json,
     replaced,
 )
 from ledger_stream.money import AMOUNT_MAX, BALANCE_MAX
@@ -167,7 +166,7 @@ def compacted(
     answered and never applied twice, without the journal events and legs a repeat inside
     the window re-sends. Stored without what the key and the fingerprint say again (the
     command id; the payload digest when it is the fingerprint; the reason when it is its
-    code's), a field that cannot be told from those written as null; `outcome_from_bytes`
+    code's), a field that cannot be told from those written as null; `outcome_from_compact`
     reads it back.
 
     None while it stays whole: decided since; waiting for its legs (no result yet); or its
@@ -199,10 +198,8 @@ def compacted(
     return orjson.dumps(fields)
 
 
-def outcome_from_bytes(key: str, raw: bytes) -> Outcome:
-    """An outcome as stored under `key`, whole or compact (`compacted`)."""
-    if b'"command_id"' in raw:  # whole: its result (or its journal) names the command
-        return from_json(raw, Outcome)
+def outcome_from_compact(key: str, raw: bytes) -> Outcome:
+    """The outcome under `key` from its compact form (`compacted`)."""
     data = orjson.loads(raw)
     result = data.get("result")
     if result is not None and "command_id" not in result:

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import orjson
 import rocksdict
@@ -52,6 +52,13 @@ class SnapshotMark:
 
     base: int
     size_bytes: int
+
+
+class StoredOutcome(NamedTuple):
+    """An outcome's bytes as stored, and whether they are its compact form."""
+
+    value: bytes
+    compact: bool
 
 
 @dataclass
@@ -123,13 +130,14 @@ class PartitionStore:
         value: bytes | None = self.db.get(_ACCOUNT + name.encode())
         return value
 
-    def outcome(self, key: str) -> bytes | None:
-        """The outcome of `key`, whole or compact."""
+    def outcome(self, key: str) -> StoredOutcome | None:
+        """The outcome of `key`, whole or else compact."""
         raw = key.encode()
         value: bytes | None = self.db.get(_OUTCOME + raw)
-        if value is None:
-            value = self.db.get(_COMPACT + raw)
-        return value
+        if value is not None:
+            return StoredOutcome(value, compact=False)
+        value = self.db.get(_COMPACT + raw)
+        return None if value is None else StoredOutcome(value, compact=True)
 
     def accounts(self) -> dict[str, bytes]:
         """Every account of the partition (for audits and tests; not on the hot path)."""

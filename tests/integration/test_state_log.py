@@ -122,9 +122,9 @@ def held(store: PartitionStore) -> Held:
     """What a store holds: its accounts, the outcomes of commands 1 .. SEQS_MAX - 1, its head."""
     outcomes = {}
     for seq in range(1, SEQS_MAX):
-        value = store.outcome(f"cmd:{seq}")
-        if value is not None:
-            outcomes[f"cmd:{seq}"] = value
+        stored = store.outcome(f"cmd:{seq}")
+        if stored is not None:
+            outcomes[f"cmd:{seq}"] = stored.value
     return store.accounts(), outcomes, store.head
 
 

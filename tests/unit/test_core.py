@@ -22,7 +22,7 @@ from ledger_stream.core import (
     compacted,
     decide,
     fingerprint,
-    outcome_from_bytes,
+    outcome_from_compact,
     outcomes_to_prefetch,
 )
 from ledger_stream.messages import (
@@ -1466,7 +1466,7 @@ def kept(key: str, whole: Outcome, before_ms: int = 10**15) -> Outcome:
     stored = compacted(key, whole, before_ms, ACKED)
     assert stored is not None
     assert b"command_id" not in stored and stored.count(whole.fingerprint.encode()) == 1
-    return outcome_from_bytes(key, stored)
+    return outcome_from_compact(key, stored)
 
 
 def answer_only(whole: Outcome) -> Outcome:
@@ -1532,7 +1532,7 @@ def test_a_transfer_stays_whole_until_its_legs_return_and_the_return_is_acknowle
     assert compacted("cmd:t1", settled, 5_000, ACKED) is None
     stored = compacted("cmd:t1", settled, 5_000, {**ACKED, ("legs", 0): 7})
     assert stored is not None
-    assert outcome_from_bytes("cmd:t1", stored).result == settled.result
+    assert outcome_from_compact("cmd:t1", stored).result == settled.result
 
 
 def test_a_rejection_keeps_its_code_and_reason_and_an_id_with_colons_survives() -> None:
