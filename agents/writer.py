@@ -340,7 +340,6 @@ class Writer:
             )
         except Fenced as error:
             _stop_worker(EXIT_FENCED, f"{error}; stopped while writing a snapshot")
-        self.overlays[number].forget_outcomes()  # some are compact now
         SNAPSHOTS.inc()
         logger.info("partition %d: %s; %.2f s", number, figures, time.perf_counter() - started)
         if previous is not None:
@@ -483,8 +482,8 @@ class _Overlay:
     """A partition's state as the writer last decided it: read from the store once per key,
     then kept as the structs `decide` returned, within a batch (where the store does not have
     its earlier pieces yet) and across batches (`trim`). While the writer owns the partition
-    no one else changes it; the one change made around the overlay is a snapshot's
-    compaction, after which `forget_outcomes`."""
+    no one else changes it. The one change made around the overlay, a snapshot's compaction,
+    touches only answered outcomes, which `trim` drops before the next batch reads any."""
 
     def __init__(self, store: PartitionStore) -> None:
         self.store = store
@@ -518,9 +517,6 @@ class _Overlay:
             k: o for k, o in self.outcomes.items() if o is not None and o.result is None
         }
         self.outcomes = waiting if len(waiting) <= OUTCOMES_KEPT_MAX else {}
-
-    def forget_outcomes(self) -> None:
-        self.outcomes.clear()
 
     def _account(self, name: str) -> AccountState | None:
         if name not in self.accounts:

@@ -28,6 +28,7 @@ from ledger_stream.kafka.reading import read_topic, reader
 from ledger_stream.kafka.retry import started
 from ledger_stream.messages import (
     COMMAND_BATCH_MAX,
+    IDENTIFIER_CHARS_MAX,
     AccountState,
     JournalEvent,
     JournalHead,
@@ -43,7 +44,6 @@ from ledger_stream.topics import TopicNames
 logger = logging.getLogger(__name__)
 
 NAMES_MAX = 20  # names shown per failure; the count says how many there are
-COMMAND_ID_MAX = 128  # intake answers an unreadable command under its id cut to this length
 
 
 @dataclass(frozen=True)
@@ -392,7 +392,8 @@ def _read_commands(records: Iterable[LogRecord]) -> _Asked:
             continue
         for item in items:
             if isinstance(item, dict) and isinstance(item.get("command_id"), str):
-                asked.ids.add(item["command_id"][:COMMAND_ID_MAX])
+                # cut as intake cuts it when it answers
+                asked.ids.add(item["command_id"][:IDENTIFIER_CHARS_MAX])
     return asked
 
 

@@ -24,6 +24,7 @@ from ledger_stream.messages import (
     COMMAND_ADAPTER,
     COMMAND_BATCH_ADAPTER,
     COMMAND_BATCH_MAX,
+    IDENTIFIER_CHARS_MAX,
     CommandBase,
     LegBatch,
     Result,
@@ -180,7 +181,9 @@ def _oversize_rejections(value: bytes, error: str) -> tuple[Reply, ...]:
         if isinstance(item, dict) and isinstance(item.get("command_id"), str):
             partition = _reply_partition(item)
             replies.append(
-                _rejection(item["command_id"][:128], "invalid_command", error, partition)
+                _rejection(
+                    item["command_id"][:IDENTIFIER_CHARS_MAX], "invalid_command", error, partition
+                )
             )
     return tuple(replies)
 
@@ -196,7 +199,7 @@ def _rejection_of(item: Any, error: ValidationError) -> Reply | None:
     """The rejection of a refused command, when its command_id can still be read."""
     if not isinstance(item, dict) or not isinstance(item.get("command_id"), str):
         return None
-    command_id = item["command_id"][:128]
+    command_id = item["command_id"][:IDENTIFIER_CHARS_MAX]
     return _rejection(command_id, _code_for(error), _describe(error), _reply_partition(item))
 
 

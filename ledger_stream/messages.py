@@ -25,7 +25,10 @@ from pydantic import (
 from ledger_stream.money import BALANCE_MAX, CURRENCY_EXPONENTS, parse_amount
 
 IDENTIFIER_PATTERN = r"^[A-Za-z0-9@._:/+=-]+$"
-Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=IDENTIFIER_PATTERN)]
+IDENTIFIER_CHARS_MAX = 128
+Identifier = Annotated[
+    str, Field(min_length=1, max_length=IDENTIFIER_CHARS_MAX, pattern=IDENTIFIER_PATTERN)
+]
 Currency = Annotated[
     str,
     Field(
@@ -147,7 +150,10 @@ COMMAND_BATCH_ADAPTER: TypeAdapter[list[Command]] = TypeAdapter(
 )
 
 
-LegIdentifier = Annotated[str, Meta(min_length=1, max_length=128, pattern=IDENTIFIER_PATTERN)]
+# `Identifier`, for msgspec.
+LegIdentifier = Annotated[
+    str, Meta(min_length=1, max_length=IDENTIFIER_CHARS_MAX, pattern=IDENTIFIER_PATTERN)
+]
 
 
 class Leg(WriterMessage, frozen=True):
@@ -359,11 +365,8 @@ def from_builtins(data: Any, kind: type[T]) -> T:
 
 
 def as_dict(record: WriterMessage) -> dict[str, Any]:
-    """Every field of a record as plain values (nested records too)."""
-    data: dict[str, Any] = msgspec.to_builtins(record)
-    for name in record.__struct_fields__:
-        data.setdefault(name, msgspec.to_builtins(getattr(record, name)))
-    return data
+    """Every field of a record, those at their defaults too, as plain values."""
+    return {name: msgspec.to_builtins(getattr(record, name)) for name in record.__struct_fields__}
 
 
 # Message models whose JSON Schema is published in schemas/, by file stem.
