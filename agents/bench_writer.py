@@ -1,15 +1,17 @@
 """`ledger-stream bench --writer-only`: the writer's own CPU per transfer, without Kafka.
 
-The same batch path a worker runs (intake, `decide`, serializing the state, the state record
-as it is encoded for the log, the RocksDB write, the output records), fed with the
-benchmark's workload in batches and with the legs each batch sends fed back as the next
-batch's input, as the legs topic would. No broker, no network, no other process: its figure
+The same batch path a worker runs (`Writer._decide_partition`: intake, `decide`, serializing
+the state; `Writer._commit`: the state records through `PartitionLog.commit` and the RocksDB
+write; the output records), fed with the benchmark's workload in batches and with the legs
+each batch sends fed back as the next batch's input, as the legs topic would. The state log
+is an append that counts offsets in memory. No broker, no network, no other process: its figure
 repeats within a few percent on a machine whose end-to-end figures vary by a quarter, so it
 is the one to compare two versions of the writer with. Figures, never pass or fail.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import shutil
@@ -23,23 +25,15 @@ import orjson
 from aiokafka.structs import ConsumerRecord
 
 from agents.writer import Writer, _Overlay
-from ledger_stream.money import AMOUNT_MAX
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
-from ledger_stream.state.log import encode
-from ledger_stream.state.store import PartitionStore, Position, digest
-from ledger_stream.workload import Workload
+from ledger_stream.state.log import PartitionLog
+from ledger_stream.state.store import PartitionStore
+from ledger_stream.workload import Workload, opening
 
 TRANSFERS_PER_BATCH = 2_000
 WARM_UP_BATCHES = 10
 COMMANDS_PER_RECORD = 500  # as the client batches them
-
-
-class _Log:
-    """What the batch path needs of a `PartitionLog`: its store."""
-
-    def __init__(self, store: PartitionStore) -> None:
-        self.store = store
 
 
 class _Feed:
@@ -76,61 +70,80 @@ class _Feed:
         self.legs.clear()
         return batch
 
-    def write(self, batch: dict[int, list[ConsumerRecord[Any, Any]]]) -> None:
+    async def write(self, batch: dict[int, list[ConsumerRecord[Any, Any]]]) -> None:
         """The writer's batch path for `batch`, its outputs kept for the next one."""
         writer = self.writer
-        for number, records in sorted(batch.items()):
-            store = writer.logs[number].store
-            position = store.position
-            for piece in writer._decide_partition(number, records):
-                if piece.changes.accounts or piece.changes.outcomes:
-                    value = encode("commit", position.next_offset, writer.writer_id, piece.changes)
-                    position = Position(position.next_offset + 1, digest(value))
-                    store.apply(piece.changes, position)
+        decided = {n: writer._decide_partition(n, records) for n, records in sorted(batch.items())}
+        await writer._commit(decided)
+        for pieces in decided.values():
+            for piece in pieces:
                 for out in piece.outbox.records(writer.topics, writer.settings.partitions):
                     if out.topic == writer.topics.legs and out.value is not None:
                         self.legs[out.partition].append(out.value)
                     elif out.topic == writer.topics.results and out.value is not None:
                         self.results[orjson.loads(out.value)["status"]] += 1
 
+    async def drain(self) -> None:
+        """Decide the legs still on their way, so that every transfer is answered."""
+        while self.legs:
+            await self.write(self.commands([]))
+
 
 def run_writer_bench(
     accounts: int, partitions: int, cross: float | None, hot: bool, batches: int, seed: int
 ) -> dict[str, Any]:
     """Open `accounts`, then decide `batches` batches of transfers; the figures."""
+    return asyncio.run(_run(accounts, partitions, cross, hot, batches, seed))
+
+
+async def _run(
+    accounts: int, partitions: int, cross: float | None, hot: bool, batches: int, seed: int
+) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="ledger-writer-bench-"))
     try:
         writer = Writer(Settings(partitions=partitions, data_dir=str(data_dir)))
+        ends: Counter[int] = Counter()
+
+        async def append(partition: int, value: bytes) -> int:
+            ends[partition] += 1
+            return ends[partition] - 1
+
         for number in range(partitions):
             store = PartitionStore(data_dir / f"partition-{number}", writer.identity)
-            writer.logs[number] = _Log(store)  # type: ignore[assignment]
+            writer.logs[number] = PartitionLog(
+                writer.topics.state,
+                number,
+                store,
+                writer.writer_id,
+                # Read from only when an append lands elsewhere, which this one never does.
+                None,
+                append,
+                writer.topics.outcomes,
+            )
             writer.overlays[number] = _Overlay(store)
         feed = _Feed(writer)
         workload = Workload(
             accounts=accounts, partitions=partitions, cross=cross, hot=hot, seed=seed
         )
-        feed.write(feed.commands([_opening(name) for name in workload.names]))
+        await feed.write(feed.commands([opening(name) for name in workload.names]))
         feed.results.clear()
         transfers = workload.transfers()
 
         def next_batch() -> dict[int, list[ConsumerRecord[Any, Any]]]:
             chosen = [next(transfers) for _ in range(TRANSFERS_PER_BATCH)]
-            return feed.commands(
-                [_transfer(t.number, t.source, t.destination, t.amount) for t in chosen]
-            )
+            return feed.commands([t.command(f"t-{t.number}") for t in chosen])
 
         gc.freeze()  # as the worker does
         gc.set_threshold(50_000, 20, 50)
         for _ in range(WARM_UP_BATCHES):
-            feed.write(next_batch())
+            await feed.write(next_batch())
         cpu_s = 0.0
         for _ in range(batches):
             batch = next_batch()  # made outside the clock: the clients' part
             started = time.process_time()
-            feed.write(batch)
+            await feed.write(batch)
             cpu_s += time.process_time() - started
-        while feed.legs:  # the last batch's legs, so every transfer is answered
-            feed.write(feed.commands([]))
+        await feed.drain()
         transfers_done = batches * TRANSFERS_PER_BATCH  # measured; the warm-up's are not
         for store in (log.store for log in writer.logs.values()):
             store.close()
@@ -161,24 +174,3 @@ def report(figures: dict[str, Any], as_json: bool) -> None:
     )
     if as_json:
         print(json.dumps(figures))
-
-
-def _opening(name: str) -> dict[str, Any]:
-    return {
-        "type": "open_account",
-        "command_id": f"open-{name}",
-        "account": name,
-        "currency": "USD",
-        "overdraft_limit": AMOUNT_MAX,  # no transfer is refused
-    }
-
-
-def _transfer(number: int, source: str, destination: str, amount: int) -> dict[str, Any]:
-    return {
-        "type": "transfer",
-        "command_id": f"t-{number}",
-        "account": source,
-        "destination": destination,
-        "amount": amount,
-        "currency": "USD",
-    }

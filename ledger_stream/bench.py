@@ -35,8 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ledger_stream.client import LedgerClient
 from ledger_stream.local import LocalLedger, start_local_ledger
 from ledger_stream.measure import cpu_seconds, peak_rss_mib, percentiles, process_tree, rss_mib
-from ledger_stream.money import AMOUNT_MAX
-from ledger_stream.workload import Transfer, Workload
+from ledger_stream.workload import Transfer, Workload, opening
 
 RECORD_COMMANDS_MAX = 500  # commands the client puts in one record, with batching on
 SETUP_CHUNK = 20_000  # accounts opened at once
@@ -251,21 +250,9 @@ async def _open_accounts(
     """Open every account, a chunk at a time, with room to overdraw for any transfer."""
     for first in range(0, len(workload.names), SETUP_CHUNK):
         for account in workload.names[first : first + SETUP_CHUNK]:
-            command_id = f"open-{account}"
-            answers.sent[command_id] = time.monotonic()
-            client.send_raw(
-                account,
-                orjson.dumps(
-                    {
-                        "type": "open_account",
-                        "command_id": command_id,
-                        "account": account,
-                        "currency": "USD",
-                        "overdraft_limit": AMOUNT_MAX,
-                        "reply_partition": client.reply_partition,
-                    }
-                ),
-            )
+            command = {**opening(account), "reply_partition": client.reply_partition}
+            answers.sent[command["command_id"]] = time.monotonic()
+            client.send_raw(account, orjson.dumps(command))
         await client.flush()
         if not await answers.drained():
             raise RuntimeError(
@@ -307,20 +294,8 @@ async def _publish(
 def _send(client: LedgerClient, answers: _Answers, transfer: Transfer, at: float) -> None:
     command_id = f"t{transfer.number}-{id(answers):x}"
     answers.sent[command_id] = at
-    client.send_raw(
-        transfer.source,
-        orjson.dumps(
-            {
-                "type": "transfer",
-                "command_id": command_id,
-                "account": transfer.source,
-                "destination": transfer.destination,
-                "amount": transfer.amount,
-                "currency": "USD",
-                "reply_partition": client.reply_partition,
-            }
-        ),
-    )
+    command = {**transfer.command(command_id), "reply_partition": client.reply_partition}
+    client.send_raw(transfer.source, orjson.dumps(command))
 
 
 async def _sample(read: Callable[[], float], samples: list[float]) -> None:

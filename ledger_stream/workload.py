@@ -7,10 +7,25 @@ import random
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+from ledger_stream.money import AMOUNT_MAX
 from ledger_stream.partitioning import partition_of
 
 HOT_ACCOUNTS = 10  # hot-account mode: these take all the traffic
+CURRENCY = "USD"
+
+
+def opening(account: str) -> dict[str, Any]:
+    """The command that opens `account`, with room to overdraw for any transfer, so that none
+    is refused."""
+    return {
+        "type": "open_account",
+        "command_id": f"open-{account}",
+        "account": account,
+        "currency": CURRENCY,
+        "overdraft_limit": AMOUNT_MAX,
+    }
 
 
 @dataclass(frozen=True)
@@ -19,6 +34,17 @@ class Transfer:
     source: str
     destination: str
     amount: int  # minor units
+
+    def command(self, command_id: str) -> dict[str, Any]:
+        """This transfer as a ledger command."""
+        return {
+            "type": "transfer",
+            "command_id": command_id,
+            "account": self.source,
+            "destination": self.destination,
+            "amount": self.amount,
+            "currency": CURRENCY,
+        }
 
 
 @dataclass
