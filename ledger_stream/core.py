@@ -380,14 +380,14 @@ def _apply_command(
     digest: str,
     is_local: Callable[[str], bool],
 ) -> Outputs:
-    code = _check_command(state, command, is_local)
+    # Whether a transfer lands on this partition: asked once, for the checks and the posting.
+    local = isinstance(command, Transfer) and is_local(command.destination)
+    code = _check_command(state, command, local)
     if code is not None:
         return Outputs(result=_rejected(command, code, digest))
     # After this point the command must succeed: every check is above.
-    journal = _post_command(state, command, timestamp_ms, is_local)
-    in_transit = isinstance(command, Transfer) and not is_local(command.destination)
-    if in_transit:
-        assert isinstance(command, Transfer)
+    journal = _post_command(state, command, timestamp_ms, local)
+    if isinstance(command, Transfer) and not local:
         leg = Leg(
             type="credit",
             transfer_id=command.command_id,
@@ -403,8 +403,9 @@ def _apply_command(
     return Outputs(result=_accepted(command, digest), journal=journal)
 
 
-def _check_command(state: _State, command: Command, is_local: Callable[[str], bool]) -> str | None:
-    """The guards of one command, in the precedence order of the module docstring."""
+def _check_command(state: _State, command: Command, local: bool) -> str | None:
+    """The guards of one command, in the precedence order of the module docstring; `local`:
+    a transfer whose destination is on this partition."""
     names = [command.account]
     if isinstance(command, Transfer):
         names.append(command.destination)
@@ -422,7 +423,7 @@ def _check_command(state: _State, command: Command, is_local: Callable[[str], bo
     account = state.account(command.account)
     if isinstance(command, OpenAccount):
         return "account_exists" if account is not None else None
-    local_names = [n for n in names if n == command.account or is_local(n)]
+    local_names = names if local else [command.account]
     for name in local_names:
         found = state.account(name)
         if found is None:
@@ -449,9 +450,9 @@ def _check_command(state: _State, command: Command, is_local: Callable[[str], bo
     if isinstance(command, DEBITS) and account.debits_posted + amount > BALANCE_MAX:
         return "overflow"
     if isinstance(command, Transfer):
-        if not is_local(command.destination) and account.credit_headroom < amount:
+        if not local and account.credit_headroom < amount:
             return "overflow"  # the refund, should one come, must fit
-        destination = state.account(command.destination) if is_local(command.destination) else None
+        destination = state.account(command.destination) if local else None
         if destination is not None and destination.credit_headroom < amount:
             return "overflow"
     return None
@@ -466,7 +467,7 @@ def _amount_of(command: Command) -> int | None:
 
 
 def _post_command(
-    state: _State, command: Command, timestamp_ms: int, is_local: Callable[[str], bool]
+    state: _State, command: Command, timestamp_ms: int, local: bool
 ) -> list[JournalEvent]:
     entry = f"{command.command_id}:0"
     common: dict[str, Any] = {
@@ -508,7 +509,7 @@ def _post_command(
             JournalEvent(kind="withdrawal", currency=command.currency, postings=postings, **common)
         ]
     assert isinstance(command, Transfer)
-    if is_local(command.destination):
+    if local:
         postings = _move(state, command.account, command.destination, command.amount)
         return [
             JournalEvent(kind="transfer", currency=command.currency, postings=postings, **common)
