@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -322,7 +323,15 @@ def test_the_chain_hash_of_a_journal_event_covers_every_field(changes: dict[str,
 
 def test_the_chain_hash_is_the_same_for_an_event_read_back_from_its_json() -> None:
     event = journal_event(metadata={"b": "2", "a": "1"})
-    assert from_json(to_json(event), JournalEvent).chain_hash() == (event.chain_hash())
+    assert from_json(to_json(event), JournalEvent).chain_hash() == event.chain_hash()
+
+
+def test_the_chain_hash_is_blake2b_of_the_events_json_with_sorted_keys_and_no_nulls() -> None:
+    # The definition the README gives, so that a consumer in any language can check a chain.
+    event = journal_event(metadata={"b": "2", "a": "1"}, overdraft_limit=None)
+    fields = {k: v for k, v in json.loads(to_json(event)).items() if v is not None}
+    canonical = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+    assert event.chain_hash() == hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
 def test_a_record_is_written_without_its_defaults_and_read_back_the_same() -> None:
