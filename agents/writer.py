@@ -30,24 +30,26 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Generic, NoReturn, TypeVar
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from prometheus_client import Counter, Histogram
 
 import ledger_stream.kafka.group  # noqa: F401  (leave the group properly on the embedded broker)
+from agents.expiry import Deadlines, expire_command, pending_deadline
 from agents.progress import Progress
 from ledger_stream.core import (
     Decision,
     Incoming,
-    accounts_to_prefetch,
+    Rules,
     compacted,
     decide,
     outcome_from_compact,
-    outcomes_to_prefetch,
 )
 from ledger_stream.errors import LedgerError
 from ledger_stream.faults import Faults
@@ -55,7 +57,14 @@ from ledger_stream.intake import DeadLetter, Record, read_record
 from ledger_stream.kafka.reading import reader
 from ledger_stream.kafka.records import OutRecord, send_records
 from ledger_stream.kafka.retry import retried
-from ledger_stream.messages import AccountState, Outcome, from_json, to_json
+from ledger_stream.messages import (
+    AccountState,
+    Limits,
+    Outcome,
+    from_builtins,
+    from_json,
+    to_json,
+)
 from ledger_stream.outputs import Outbox
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
@@ -122,6 +131,13 @@ class Writer:
         self.trim_refused = False
         self.latest_ms: dict[int, int] = {}  # newest record time seen, by partition
         self.overlays: dict[int, _Overlay] = {}  # decoded state kept, by partition
+        self.deadlines = Deadlines()  # of the pending holds of the partitions written here
+        self.rules = Rules(
+            default_limits=None
+            if settings.default_limits is None
+            else from_builtins(settings.default_limits.model_dump(), Limits),
+            payment_timeout_ms=settings.payment_timeout_s * 1000,
+        )
 
     # -- running ------------------------------------------------------------------------
 
@@ -156,6 +172,7 @@ class Writer:
         gc.freeze()
         gc.set_threshold(50_000, 20, 50)
         watcher = asyncio.create_task(self.progress.watch(self.consumer))
+        timer = asyncio.create_task(self._expire_holds())
         try:
             while not stopping.is_set():
                 batch = await self.consumer.getmany(
@@ -166,6 +183,7 @@ class Writer:
                         await self._write_batch_or_stop(batch)
         finally:
             watcher.cancel()
+            timer.cancel()
             await self.consumer.stop()  # leaves the group: the partitions move at once
             await self.reader.stop()
             await self.producer.stop()
@@ -182,6 +200,7 @@ class Writer:
                 if number not in self.logs:
                     self.logs[number] = await self._restore(number)
                     self.overlays[number] = _Overlay(self.logs[number].store)
+                    self.deadlines.track_stored(number, self.logs[number].store.items("outcomes"))
                     await self.faults.passed("claimed")
             assert self.consumer is not None
             for tp in assigned:
@@ -197,6 +216,7 @@ class Writer:
             for number in sorted({tp.partition for tp in revoked}):
                 log = self.logs.pop(number, None)
                 self.overlays.pop(number, None)
+                self.deadlines.forget(number)
                 if log is not None:
                     log.store.close()
             for tp in revoked:
@@ -289,7 +309,7 @@ class Writer:
         start, size = 0, COMMIT_INPUTS_MAX
         while start < len(inputs):
             chunk = inputs[start : start + size]
-            decision = overlay.decide(chunk, is_here)
+            decision = overlay.decide(chunk, is_here, self.rules)
             changes = _serialized(decision)
             if commit_bytes_max(changes) > STATE_RECORD_BYTES_MAX:
                 if len(chunk) == 1:
@@ -297,10 +317,37 @@ class Writer:
                 size = len(chunk) // 2  # too big for one record: decide less at once
                 continue
             overlay.take(decision)
+            self.deadlines.track(number, decision.outcomes.items())
             pieces.append(Piece(changes, _outbox(number, decision)))
             start += len(chunk)
         pieces.append(Piece(Changes({}, {}), letters))  # sent after the decisions, not committed
         return pieces
+
+    async def _expire_holds(self) -> None:
+        """The hold timer (agents/expiry.py): send `expire_hold` for every pending hold of
+        the partitions written here whose deadline has passed."""
+        while True:
+            await asyncio.sleep(self.settings.expiry_interval_s)
+            now_ms = int(time.time() * 1000)
+            for number, deadline, hold_id, account in self.deadlines.due(now_ms):
+                overlay = self.overlays.get(number)
+                held = None if overlay is None else overlay.outcome(f"cmd:{hold_id}")
+                if held is None or pending_deadline(held) != deadline:
+                    continue  # resolved meanwhile, or the partition moved
+                assert self.producer is not None
+                try:
+                    await self.producer.send_and_wait(
+                        self.topics.commands,
+                        orjson.dumps(expire_command(hold_id, account)),
+                        key=account.encode(),
+                        partition=number,
+                        timestamp_ms=max(now_ms, deadline),
+                    )
+                except KafkaError as error:
+                    logger.warning(
+                        "could not send expire_hold for %s (%s); will retry", hold_id, error
+                    )
+                    self.deadlines.track(number, [("", held)])
 
     async def _commit(self, decided: dict[int, list[Piece]]) -> None:
         """Steps 3 and 4: every partition's pieces, in order; partitions side by side."""
@@ -491,16 +538,10 @@ class _Overlay:
         self.outcomes: dict[str, Outcome | None] = {}
         self.head = store.head
 
-    def decide(self, inputs: Sequence[Incoming], is_here: Callable[[str], bool]) -> Decision:
-        names = {name for item in inputs for name in accounts_to_prefetch(item.message, is_here)}
-        keys = {key for item in inputs for key in outcomes_to_prefetch(item.message)}
-        return decide(
-            {name: self._account(name) for name in names},
-            {key: self._outcome(key) for key in keys},
-            inputs,
-            is_here,
-            self.head,
-        )
+    def decide(
+        self, inputs: Sequence[Incoming], is_here: Callable[[str], bool], rules: Rules
+    ) -> Decision:
+        return decide(_Get(self._account), _Get(self.outcome), inputs, is_here, self.head, rules)
 
     def take(self, decision: Decision) -> None:
         self.accounts.update(decision.accounts)
@@ -524,7 +565,7 @@ class _Overlay:
             self.accounts[name] = None if raw is None else from_json(raw, AccountState)
         return self.accounts[name]
 
-    def _outcome(self, key: str) -> Outcome | None:
+    def outcome(self, key: str) -> Outcome | None:
         if key not in self.outcomes:
             stored = self.store.outcome(key)
             if stored is None:
@@ -534,6 +575,16 @@ class _Overlay:
             else:
                 self.outcomes[key] = from_json(stored.value, Outcome)
         return self.outcomes[key]
+
+
+V = TypeVar("V")
+
+
+class _Get(Generic[V]):
+    """A store read as `decide` reads its state: `get(key)`, None when absent."""
+
+    def __init__(self, read: Callable[[str], V | None]) -> None:
+        self.get = read
 
 
 def _compacted(
@@ -557,6 +608,7 @@ def _outbox(number: int, decision: Decision) -> Outbox:
         results=list(decision.results),
         legs=list(decision.legs),
         dead_letters=[_refused_letter(item, reason) for item, reason in decision.refused],
+        receipts=[(number, receipt) for receipt in decision.receipts],
     )
 
 

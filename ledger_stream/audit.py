@@ -222,6 +222,7 @@ def check(
         *_unbalanced(books),
         *_nonzero_totals(books),
         *_transit_mismatch(books, transit),
+        *_once_only(events),
         *_several_contents(entries),
         *_broken_chains(entries, writers.heads),
         *_past_floor(books, entries),
@@ -406,14 +407,21 @@ class _Transit:
     legs_without_debit: list[str]
 
 
+_LEG_KINDS = ("transfer_credit", "transfer_refund")
+# The events whose money may cross partitions: sent into @transit at the source.
+_INTO_TRANSIT = ("transfer_debit", "hold_posted", "invoice_payment", "reversal")
+
+
 def _in_transit(events: Iterable[JournalEvent]) -> _Transit:
+    """Money sent into @transit (by a transfer, a hold posted, a payment or a reversal
+    across partitions) and the legs that took it out, by command id."""
     debits: list[JournalEvent] = []
     closed: dict[str, set[str]] = defaultdict(set)
     for event in events:
-        if event.kind == "transfer_debit":
-            debits.append(event)
-        elif event.kind in ("transfer_credit", "transfer_refund"):
+        if event.kind in _LEG_KINDS:
             closed[event.command_id].add(event.kind)
+        elif event.kind in _INTO_TRANSIT and any(p.account == TRANSIT for p in event.postings):
+            debits.append(event)
     debited = {event.command_id for event in debits}
     return _Transit(
         outstanding=[event for event in debits if event.command_id not in closed],
@@ -462,8 +470,50 @@ def _transit_mismatch(books: Books, transit: _Transit) -> list[Failure]:
         "transit",
         ("currencies where @transit is not what is in transit", names),
         ("transfers both credited and refunded", transit.landed_and_refunded),
-        ("transfer legs without a transfer_debit", transit.legs_without_debit),
+        ("transfer legs without a debit into @transit", transit.legs_without_debit),
     )
+
+
+def _once_only(events: Sequence[JournalEvent]) -> list[Failure]:
+    """A hold resolves once, releasing what it reserved; an invoice is paid and a command
+    reversed at most once (a payment or reversal whose money came back does not count)."""
+    refunded = {e.command_id for e in events if e.kind == "transfer_refund"}
+    placed = {e.hold_id: e for e in events if e.kind == "hold_placed"}
+    resolved: dict[str, list[JournalEvent]] = defaultdict(list)
+    paid: dict[tuple[str, str], list[str]] = defaultdict(list)
+    reversed_by: dict[str, list[str]] = defaultdict(list)
+    for event in events:
+        if event.released is not None and event.hold_id is not None:
+            resolved[event.hold_id].append(event)
+        if event.command_id in refunded:
+            continue
+        if event.invoice_id is not None and event.kind in ("invoice_payment", "hold_posted"):
+            paid[(event.account, event.invoice_id)].append(event.entry_id)
+        if event.reverses is not None:
+            reversed_by[event.reverses].append(event.entry_id)
+    mismatched = [
+        f"{hold_id} (released {_released(done[0])}, placed {_released(placed[hold_id])})"
+        for hold_id, done in sorted(resolved.items())
+        if hold_id in placed and _released(done[0]) != _released(placed[hold_id])
+    ]
+    return _failing(
+        "once",
+        ("holds resolved more than once", sorted(h for h, d in resolved.items() if len(d) > 1)),
+        ("holds resolved but never placed", sorted(set(resolved) - set(placed))),
+        ("holds that released another amount than they reserved", mismatched),
+        (
+            "invoices paid more than once",
+            [f"{p}|{i} ({', '.join(e)})" for (p, i), e in sorted(paid.items()) if len(e) > 1],
+        ),
+        (
+            "commands reversed more than once",
+            [f"{t} ({', '.join(e)})" for t, e in sorted(reversed_by.items()) if len(e) > 1],
+        ),
+    )
+
+
+def _released(event: JournalEvent) -> int:
+    return sum(p.debit for p in (event.pending or event.released or ()))
 
 
 def _several_contents(entries: _Entries) -> list[Failure]:
@@ -559,22 +609,19 @@ def _head_faults(
 
 
 def _past_floor(books: Books, entries: _Entries) -> list[Failure]:
-    """No customer account's balance, folded in journal order, went below -overdraft_limit."""
+    """No customer account's balance, folded in journal order, went below the floor its
+    overdraft limit set at the time (`account_opened`, then `limits_set`)."""
     opened = entries.opened()
-    below, unopened = [], []
-    for (account, currency), lowest in sorted(books.lowest.items()):
-        if account.startswith("@"):
-            continue
-        if account not in opened:
-            unopened.append(account)
-        floor = -(opened[account].overdraft_limit or 0) if account in opened else 0
-        if lowest < floor:
-            below.append(
-                f"{account} (down to {_amount(lowest, currency)}, floor {_amount(floor, currency)})"
-            )
+    unopened = sorted(
+        {account for account, _ in books.balances if not account.startswith("@")} - set(opened)
+    )
+    below = [
+        f"{account} (down to {_amount(balance, c)} after {entry}, floor {_amount(floor, c)})"
+        for account, c, entry, balance, floor in books.past_floor
+    ]
     return _failing(
         "floor",
-        ("accounts that went past their overdraft limit", below),
+        ("balances past their account's overdraft limit", below),
         ("accounts posted to but never opened", unopened),
     )
 
@@ -624,15 +671,19 @@ def _state_mismatch(
     for name, account in sorted(accounts.items()):
         if name not in journal_accounts:
             continue
-        key = (name, account.currency)
-        debits, credits = books.debits.get(key, 0), books.credits.get(key, 0)
-        if (account.debits_posted, account.credits_posted) != (debits, credits):
-            c = account.currency
-            differ.append(
-                f"{name} (state debits {_amount(account.debits_posted, c)} credits "
-                f"{_amount(account.credits_posted, c)}, journal debits {_amount(debits, c)} "
-                f"credits {_amount(credits, c)})"
-            )
+        key, c = (name, account.currency), account.currency
+        state = (
+            account.debits_posted,
+            account.credits_posted,
+            account.debits_pending,
+            account.credits_pending,
+        )
+        folded = tuple(
+            table.get(key, 0)
+            for table in (books.debits, books.credits, books.debits_pending, books.credits_pending)
+        )
+        if state != folded:
+            differ.append(f"{name} (state {_sides(state, c)}, journal {_sides(folded, c)})")
     return _failing(
         "state",
         ("accounts whose state is not the journal's fold", differ),
@@ -645,6 +696,13 @@ def _state_mismatch(
             sorted(set(accounts) - journal_accounts),
         ),
     )
+
+
+def _sides(amounts: Sequence[int], currency: str) -> str:
+    """Posted debits and credits, then pending ones where there are any."""
+    names = ("debits", "credits", "pending debits", "pending credits")
+    shown = amounts if any(amounts[2:]) else amounts[:2]
+    return " ".join(f"{n} {_amount(v, currency)}" for n, v in zip(names, shown, strict=False))
 
 
 def _amount(minor: int, currency: str) -> str:

@@ -1,36 +1,22 @@
 """The ledger's decision core: pure, synchronous, no I/O and no clock.
 
-`decide` takes the prefetched state of one partition, the head of its journal chain and a
-batch of inputs (commands and transfer legs, in log order) and returns the new state, the
-journal events (each new one linked onto the chain by `seq` and `prev_hash`), the results and
-the legs to send. Rejections are values, and so are refusals: a leg that cannot belong to any
-transfer of this partition (a forged or mismatched settle or refund, a credit above any
-amount a transfer may move) is handed back with the reason, for a dead letter. An exception
-here is a bug and stops the partition.
+`decide` takes the state of one partition (read through `get`, nothing else), the head of its
+journal chain and a batch of inputs (commands and transfer legs, in log order) and returns
+the changed state, the journal events (each new one linked onto the chain by `seq` and
+`prev_hash`), the results, the receipts and the legs to send. Rejections are values, and so
+are refusals: a leg that cannot belong to any transfer of this partition (a forged or
+mismatched settle or refund, a credit above any amount a transfer may move) is handed back
+with the reason, for a dead letter. An exception here is a bug and stops the partition.
 
-Rejection codes, in the order they are checked (the first that applies is returned):
+A command is refused with the first code that applies, in the precedence of
+`ledger_stream.codes` (written out in the README). Time is the command record's timestamp:
+a day for the daily limits is its UTC day (never earlier than the last day the account
+counted), and a hold's deadline passes by it.
 
-1.  ``exists_with_different_payload`` - the command id was decided before with another payload
-    (the same payload returns the original outcome, marked ``duplicate``, and moves nothing)
-2.  ``account_reserved``       - a command names a system account (``@world``, ``@transit``)
-3.  ``invalid_amount``         - amount (or overdraft limit) is zero or negative
-4.  ``amount_too_large``       - amount (or overdraft limit) is above ``money.AMOUNT_MAX``
-5.  ``accounts_must_be_different`` - a transfer to the account itself
-6.  ``account_exists``         - ``open_account`` for an account that exists (open or closed)
-7.  ``account_not_found``      - the account (then the destination) was never opened
-8.  ``account_closed``         - the account (then the destination) is closed
-9.  ``currency_mismatch``      - the command's currency is not the account's (then the
-    destination's)
-10. ``balance_not_zero``       - ``close_account`` while money is still on the account
-    ``transfer_in_transit``    - ``close_account`` while a transfer from it has not landed
-    (a refund may still come back to it)
-11. ``insufficient_funds``     - a debit past the balance plus the overdraft limit
-12. ``overflow``               - posted debits or credits would pass ``money.BALANCE_MAX``
-    (credits count what is in transit from the account, so a refund always fits)
-
-The destination of a cross-partition transfer is checked by its own writer (checks 7-9 and
-12); when it refuses, the money comes back through ``@transit`` and the transfer's result is a
-rejection with the destination's code.
+The destination of a cross-partition transfer is checked by its own writer (account not
+found, closed, currency, overflow); when it refuses, the money comes back through
+``@transit`` and the transfer's result is a rejection with the destination's code. Holds,
+invoice payments and reversals whose money crosses partitions travel the same way.
 
 A leg that no writer of this ledger sent is refused: not answered, not remembered, and handed
 back in `Decision.refused` for the dead-letter topic. Checked in this order:
@@ -42,6 +28,11 @@ back in `Decision.refused` for the dead-letter topic. Checked in this order:
 - a refund leg whose code is none a destination sends (`REFUND_CODES`)
 
 A settle or refund for a transfer that has its answer already is a repeat, answered as before.
+
+What the writer remembers besides accounts is kept as outcomes, by key: `cmd:<command id>`
+(a command's outcome; a hold's state is in the outcome of the command that placed it),
+`leg:credit:<transfer id>` (a credit leg's), and the claims that keep an invoice paid once
+(`inv:<payer>|<invoice id>`) and a command reversed once (`rev:<command id>`).
 """
 
 from __future__ import annotations
@@ -50,47 +41,71 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 import msgspec
 import orjson
 
+from ledger_stream.codes import REFUND_CODES, Code
 from ledger_stream.messages import (
+    AccountLimits,
     AccountState,
+    Action,
     CloseAccount,
     Command,
+    ConfirmPayment,
     Deposit,
+    ExpireHold,
+    FailPayment,
+    Hold,
     JournalEvent,
     JournalHead,
     Leg,
+    LimitBreach,
+    Limits,
     OpenAccount,
     Outcome,
+    PayInvoice,
+    PlaceHold,
+    PostHold,
     Posting,
+    Receipt,
     Result,
+    Reverse,
+    SetLimits,
     Transfer,
+    VoidHold,
     Withdraw,
     from_builtins,
     replaced,
 )
 from ledger_stream.money import AMOUNT_MAX, BALANCE_MAX
 
-# Command types that move money, and those that take it from the acting account.
-MOVES = (Deposit, Withdraw, Transfer)
-DEBITS = (Withdraw, Transfer)
-
 WORLD = "@world"  # money entering and leaving the ledger
 TRANSIT = "@transit"  # money between the two legs of a cross-partition transfer
+DAY_MS = 86_400_000
 
-# The codes a destination's writer sends back on a refund leg (see `_check_credit`).
-REFUND_CODES = (
-    "exists_with_different_payload",
-    "account_not_found",
-    "account_closed",
-    "currency_mismatch",
-    "overflow",
-)
 # What a settle or refund leg must share with the credit leg its transfer sent.
-TRANSFER_FIELDS = ("transfer_id", "source", "destination", "amount", "currency", "payload_digest")
+TRANSFER_FIELDS = (
+    "transfer_id",
+    "source",
+    "destination",
+    "amount",
+    "currency",
+    "payload_digest",
+    "command",
+)
+# Result types a reversal may target; a reversal's own is refused as `reversal_of_reversal`.
+REVERSIBLE = ("deposit", "withdraw", "transfer", "pay_invoice", "post_hold", "confirm_payment")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What configuration decides: the limits of an account opened without any, and how
+    long a payment through an external channel waits for its confirmation."""
+
+    default_limits: Limits | None = None
+    payment_timeout_ms: int = 15 * 60 * 1000
 
 
 @dataclass(frozen=True)
@@ -125,6 +140,7 @@ class Decision:
     journal: list[JournalEvent] = field(default_factory=list)
     results: list[Reply] = field(default_factory=list)
     legs: list[Leg] = field(default_factory=list)
+    receipts: list[Receipt] = field(default_factory=list)
     refused: list[tuple[Incoming, str]] = field(default_factory=list)
     head: JournalHead = field(default_factory=JournalHead)
 
@@ -137,6 +153,8 @@ class Decision:
                 result = replaced(result, duplicate=True)
             self.results.append(Reply(result, reply_partition))
         self.journal.extend(outcome.journal)
+        if outcome.receipt is not None:
+            self.receipts.append(outcome.receipt)
         if duplicate:
             # The answer goes to whoever asked this time, which may be another client.
             update = {"reply_partition": reply_partition}
@@ -145,7 +163,8 @@ class Decision:
             self.legs.extend(outcome.legs)
 
 
-_COMMAND, _CREDIT = "cmd:", "leg:credit:"  # outcome keys: a prefix, then a command id
+# Outcome keys: a prefix, then a command id (or, for an invoice, payer and invoice id).
+_COMMAND, _CREDIT, _INVOICE, _REVERSAL = "cmd:", "leg:credit:", "inv:", "rev:"
 
 
 def outcome_key(message: Command | Leg) -> str:
@@ -158,43 +177,53 @@ def outcome_key(message: Command | Leg) -> str:
     return _COMMAND + message.command_id
 
 
+def invoice_key(payer: str, invoice_id: str) -> str:
+    """The claim that keeps an invoice paid once ('|' is in no identifier)."""
+    return f"{_INVOICE}{payer}|{invoice_id}"
+
+
 def compacted(
     key: str, outcome: Outcome, before_ms: int, acknowledged: Mapping[tuple[str, int], int]
 ) -> bytes | None:
     """What is kept for good of the whole outcome under `key` once it was decided before
-    `before_ms` (record time): its fingerprint and its answer, so a late repeat is still
-    answered and never applied twice, without the journal events and legs a repeat inside
-    the window re-sends. Stored without what the key and the fingerprint say again (the
-    command id; the payload digest when it is the fingerprint; the reason when it is its
-    code's), a field that cannot be told from those written as null; `outcome_from_compact`
-    reads it back.
+    `before_ms` (record time): its fingerprint, its answer and its hold, so a late repeat is
+    still answered and never applied twice, without the journal events and legs a repeat
+    inside the window re-sends. Stored without what the key and the fingerprint say again
+    (the command id; the payload digest when it is the fingerprint; the reason when it is
+    its code's), a field that cannot be told from those written as null;
+    `outcome_from_compact` reads it back.
 
-    None while it stays whole: decided since; waiting for its legs (no result yet); or its
-    last input (`origin`) not yet acknowledged, so a restart may read that input again and
-    must re-send its outputs (`acknowledged`: the next offset to read per topic and
-    partition). So any window is safe, 0 included.
+    None while it stays whole: decided since; waiting for its legs (no result yet); a hold
+    not yet resolved; a claim whose payment or reversal is not final; or its last input
+    (`origin`) not yet acknowledged, so a restart may read that input again and must re-send
+    its outputs (`acknowledged`: the next offset to read per topic and partition). So any
+    window is safe, 0 included, and a compact value never changes once written.
     """
     if outcome.result is None or (outcome.timestamp_ms or 0) >= before_ms:
+        return None
+    if outcome.hold is not None and outcome.hold.status in ("pending", "posting"):
         return None
     if outcome.origin:
         topic, partition, offset, _ = outcome.origin.split("/")
         if int(offset) >= acknowledged.get((topic, int(partition)), 0):
             return None
     result = msgspec.to_builtins(outcome.result)  # without the fields at their defaults
-    del result["command_id"]
+    if _command_id_of(key) == result["command_id"]:
+        del result["command_id"]
     if result.get("payload_digest") == outcome.fingerprint:
         del result["payload_digest"]
     elif "payload_digest" not in result:
         result["payload_digest"] = None
     code = result.get("code")
-    if code is not None and result.get("reason") == REASONS.get(code):
+    if code is not None and "limit" not in result and result.get("reason") == Code(code).reason:
         result.pop("reason", None)
     elif code is not None and "reason" not in result:
         result["reason"] = None
     fields: dict[str, Any] = {"fingerprint": outcome.fingerprint, "result": result}
     if outcome.timestamp_ms is not None:
         fields["timestamp_ms"] = outcome.timestamp_ms
-    assert key.startswith((_COMMAND, _CREDIT)), f"no command id in outcome key {key!r}"
+    if outcome.hold is not None:
+        fields["hold"] = msgspec.to_builtins(outcome.hold)
     return orjson.dumps(fields)
 
 
@@ -202,14 +231,23 @@ def outcome_from_compact(key: str, raw: bytes) -> Outcome:
     """The outcome under `key` from its compact form (`compacted`)."""
     data = orjson.loads(raw)
     result = data.get("result")
-    if result is not None and "command_id" not in result:
-        prefix = _CREDIT if key.startswith(_CREDIT) else _COMMAND
-        result["command_id"] = key.removeprefix(prefix)
+    if result is not None:
+        if "command_id" not in result:
+            result["command_id"] = _command_id_of(key)
         result.setdefault("payload_digest", data["fingerprint"])
         code = result.get("code")
         if code is not None:
-            result.setdefault("reason", REASONS.get(code))
+            result.setdefault("reason", Code(code).reason)
     return from_builtins(data, Outcome)
+
+
+def _command_id_of(key: str) -> str | None:
+    """The command id an outcome key names (claims name something else)."""
+    for prefix in (_CREDIT, _COMMAND):
+        if key.startswith(prefix):
+            return key.removeprefix(prefix)
+    assert key.startswith((_INVOICE, _REVERSAL)), f"unknown outcome key {key!r}"
+    return None
 
 
 def fingerprint(message: Command | Leg) -> str:
@@ -223,55 +261,49 @@ def fingerprint(message: Command | Leg) -> str:
     ).hexdigest()
 
 
-def accounts_to_prefetch(message: Command | Leg, is_local: Callable[[str], bool]) -> list[str]:
-    """Accounts `decide` reads for this input; the destination only when it is local."""
-    if isinstance(message, Transfer) and is_local(message.destination):
-        return [message.account, message.destination]
-    return [message.account]
+V = TypeVar("V", covariant=True)
 
 
-def outcomes_to_prefetch(message: Command | Leg) -> list[str]:
-    """Outcome keys `decide` reads for this input."""
-    return [outcome_key(message)]
+class Reads(Protocol[V]):
+    """State as `decide` reads it: a dict, or the writer's store behind the same `get`."""
+
+    def get(self, key: str, /) -> V | None: ...
 
 
 def decide(
-    accounts: Mapping[str, AccountState | None],
-    outcomes: Mapping[str, Outcome | None],
+    accounts: Reads[AccountState],
+    outcomes: Reads[Outcome],
     batch: Sequence[Incoming],
     is_local: Callable[[str], bool],
     head: JournalHead = JournalHead(),  # noqa: B008 (frozen, so one shared default is safe)
+    rules: Rules = Rules(),
 ) -> Decision:
     """Decide a batch of one partition, in order. Later inputs see earlier inputs' effects.
 
-    `accounts` and `outcomes` hold what was prefetched for every key the batch names
-    (None when absent). `is_local(account)` tells whether an account belongs to this
-    partition, so a transfer is posted in one event or split into legs. `head` is the end of
-    the partition's journal chain: each new journal event takes the next `seq` and the
+    `accounts` and `outcomes` give the partition's state by key (None when absent); they are
+    only read. `is_local(account)` tells whether an account belongs to this partition, so a
+    transfer is posted in one event or split into legs. `head` is the end of the
+    partition's journal chain: each new journal event takes the next `seq` and the
     `chain_hash` of the one before as its `prev_hash`; `Decision.head` is the end after.
     Events re-sent from stored outcomes keep the stamps they were first sent with.
     """
-    state = _State(dict(accounts), dict(outcomes), head)
+    state = _State(accounts, outcomes, head, is_local, rules)
     decision = Decision()
     for incoming in batch:
         message = incoming.message
         if isinstance(message, Leg) and message.type != "credit":
             _return_to_source(state, decision, message, incoming)
         else:
-            _decide_input(state, decision, message, incoming, is_local)
-    decision.accounts = {name: state.accounts[name] for name in state.touched}  # type: ignore[misc]
-    decision.outcomes = {key: state.outcomes[key] for key in state.touched_outcomes}  # type: ignore[misc]
+            _decide_input(state, decision, message, incoming)
+    decision.accounts = state.accounts
+    decision.outcomes = state.outcomes
     decision.head = state.head
     _assert_invariants(decision, head, state.stamped)
     return decision
 
 
 def _decide_input(
-    state: _State,
-    decision: Decision,
-    message: Command | Leg,
-    incoming: Incoming,
-    is_local: Callable[[str], bool],
+    state: _State, decision: Decision, message: Command | Leg, incoming: Incoming
 ) -> None:
     """A command or a credit leg: a repeat re-sends its outcome, a new one is decided."""
     if isinstance(message, Leg) and message.amount > AMOUNT_MAX:
@@ -290,16 +322,16 @@ def _decide_input(
         elif isinstance(message, Leg):
             # Command ids are unique per partition; a transfer from another partition may
             # reuse the id of one already credited here. It goes back to its source.
-            code = "exists_with_different_payload"
+            code = Code.EXISTS_WITH_DIFFERENT_PAYLOAD
             decision.legs.append(replaced(message, type="refund", code=code))
         else:
-            rejection = _rejected(message, "exists_with_different_payload", digest)
+            rejection = _rejected(message, Code.EXISTS_WITH_DIFFERENT_PAYLOAD, digest)
             decision.results.append(Reply(rejection, message.reply_partition))
         return
     if isinstance(message, Leg):
         outputs = _apply_credit(state, message, incoming.timestamp_ms)
     else:
-        outputs = _apply_command(state, message, incoming.timestamp_ms, digest, is_local)
+        outputs = _apply_command(state, message, incoming.timestamp_ms, digest)
     outcome = Outcome(
         fingerprint=digest,
         result=outputs.result,
@@ -307,9 +339,26 @@ def _decide_input(
         legs=list(outputs.legs),
         origin=incoming.origin or None,
         timestamp_ms=incoming.timestamp_ms,
+        hold=outputs.hold,
+        receipt=outputs.receipt,
     )
     state.put_outcome(key, outcome)
     decision.emit(outcome, message.reply_partition)
+    if outputs.claim is not None:
+        assert not isinstance(message, Leg)
+        state.put_outcome(outputs.claim, _claim(outcome, message.command_id))
+
+
+def _claim(outcome: Outcome, claimant: str) -> Outcome:
+    """A claim on an invoice or a reversal target: final (with the result) once its money
+    has moved, else naming the command whose outcome says whether it still holds."""
+    done = outcome.result is not None and outcome.hold is None and not outcome.legs
+    return Outcome(
+        fingerprint=outcome.fingerprint,
+        result=outcome.result if done else None,
+        claimed_by=claimant,
+        timestamp_ms=outcome.timestamp_ms,
+    )
 
 
 def _assert_invariants(
@@ -317,11 +366,13 @@ def _assert_invariants(
 ) -> None:
     """What every decision leaves true, checked at the end as well as along the way."""
     for event in decision.journal:
-        debits = sum(p.debit for p in event.postings)
-        credits = sum(p.credit for p in event.postings)
-        assert debits == credits, f"journal event {event.entry_id} does not balance"
+        for postings in (event.postings, event.pending or (), event.released or ()):
+            debits = sum(p.debit for p in postings)
+            credits = sum(p.credit for p in postings)
+            assert debits == credits, f"journal event {event.entry_id} does not balance"
     for name, account in decision.accounts.items():
         assert account.available >= 0, f"account {name} passed its overdraft limit"
+        assert account.debits_pending >= 0 and account.credits_pending >= 0, name
     # The new events continue the chain from `head`, one seq each, and end at the new head.
     assert [e.seq for e in stamped] == list(range(head.seq + 1, decision.head.seq + 1))
     if stamped:
@@ -332,37 +383,59 @@ def _assert_invariants(
 
 
 class Outputs(NamedTuple):
-    """What deciding one input produces, before it is stored as its outcome."""
+    """What deciding one input produces, before it is stored as its outcome. `claim`: the
+    key of the invoice or reversal claim the command takes."""
 
     result: Result | None = None
     journal: Sequence[JournalEvent] = ()
     legs: Sequence[Leg] = ()
+    hold: Hold | None = None
+    receipt: Receipt | None = None
+    claim: str | None = None
 
 
-@dataclass
+class Refusal(NamedTuple):
+    """A rejection with more to say than its code's reason."""
+
+    code: Code
+    reason: str | None = None
+    limit: LimitBreach | None = None
+
+
+Check = Code | Refusal | None
+
+
 class _State:
-    accounts: dict[str, AccountState | None]
-    outcomes: dict[str, Outcome | None]
-    head: JournalHead
-    touched: set[str] = field(default_factory=set)
-    touched_outcomes: set[str] = field(default_factory=set)
-    stamped: list[JournalEvent] = field(default_factory=list)
+    """The partition as the batch has changed it so far: reads fall through to the store."""
+
+    def __init__(
+        self,
+        accounts: Reads[AccountState],
+        outcomes: Reads[Outcome],
+        head: JournalHead,
+        is_local: Callable[[str], bool],
+        rules: Rules,
+    ) -> None:
+        self.stored_accounts, self.stored_outcomes = accounts, outcomes
+        self.accounts: dict[str, AccountState] = {}
+        self.outcomes: dict[str, Outcome] = {}
+        self.head = head
+        self.is_local, self.rules = is_local, rules
+        self.stamped: list[JournalEvent] = []
 
     def account(self, name: str) -> AccountState | None:
-        assert name in self.accounts, f"account {name!r} was not prefetched"
-        return self.accounts[name]
+        found = self.accounts.get(name)
+        return found if found is not None else self.stored_accounts.get(name)
 
     def outcome(self, key: str) -> Outcome | None:
-        assert key in self.outcomes, f"outcome {key!r} was not prefetched"
-        return self.outcomes[key]
+        found = self.outcomes.get(key)
+        return found if found is not None else self.stored_outcomes.get(key)
 
     def put(self, name: str, account: AccountState) -> None:
         self.accounts[name] = account
-        self.touched.add(name)
 
     def put_outcome(self, key: str, outcome: Outcome) -> None:
         self.outcomes[key] = outcome
-        self.touched_outcomes.add(key)
 
     def stamp(self, event: JournalEvent) -> JournalEvent:
         """Link a new event onto the journal chain; call in the order events are created."""
@@ -372,156 +445,696 @@ class _State:
         self.stamped.append(stamped)
         return stamped
 
+    def change(self, name: str, **fields: int) -> AccountState:
+        """Add to an account's counters (`debits_pending=-5`); returns the account after."""
+        account = self.account(name)
+        assert account is not None, f"account {name!r} is not open here"
+        updated = replaced(account, **{k: getattr(account, k) + v for k, v in fields.items()})
+        self.put(name, updated)
+        return updated
 
-def _apply_command(
+
+# Commands. Each handler checks in the precedence of `ledger_stream.codes` and, past its
+# checks, must succeed.
+
+
+def _apply_command(state: _State, command: Command, timestamp_ms: int, digest: str) -> Outputs:
+    handler: Callable[[_State, Any, int, str], Outputs] = _HANDLERS[type(command)]
+    return handler(state, command, timestamp_ms, digest)
+
+
+def _open_account(state: _State, command: OpenAccount, ts: int, digest: str) -> Outputs:
+    check: Check = _check_reserved(command.account) or _check_amount(command.overdraft_limit, 0)
+    if check is None and state.account(command.account) is not None:
+        check = Code.ACCOUNT_EXISTS
+    if check is not None:
+        return _refused(command, check, digest)
+    limits = _limits(command.limits) if command.limits is not None else state.rules.default_limits
+    opened = AccountState(
+        currency=command.currency, overdraft_limit=command.overdraft_limit, limits=limits
+    )
+    state.put(command.account, opened)
+    event = _event(
+        command, ts, "account_opened", command.currency, overdraft_limit=command.overdraft_limit
+    )
+    return Outputs(_accepted(command, digest), [replaced(event, limits=limits)])
+
+
+def _set_limits(state: _State, command: SetLimits, ts: int, digest: str) -> Outputs:
+    account = state.account(command.account)
+    check: Check = _check_reserved(command.account) or _check_open(account)
+    overdraft = command.overdraft_limit
+    if check is None and overdraft is not None:
+        assert account is not None
+        if account.available - account.overdraft_limit + overdraft < 0:
+            below = account.available - account.overdraft_limit
+            check = Refusal(
+                Code.INSUFFICIENT_FUNDS,
+                f"the available balance ({below}) is below the new floor (-{overdraft})",
+            )
+    if check is not None:
+        return _refused(command, check, digest)
+    assert account is not None
+    limits = account.limits if command.limits is None else _limits(command.limits)
+    overdraft = account.overdraft_limit if overdraft is None else overdraft
+    state.put(command.account, replaced(account, limits=limits, overdraft_limit=overdraft))
+    event = _event(command, ts, "limits_set", account.currency, overdraft_limit=overdraft)
+    return Outputs(_accepted(command, digest), [replaced(event, limits=limits)])
+
+
+def _close_account(state: _State, command: CloseAccount, ts: int, digest: str) -> Outputs:
+    account = state.account(command.account)
+    check = _check_reserved(command.account) or _check_open(account)
+    if check is None:
+        assert account is not None
+        if (
+            account.debits_posted != account.credits_posted
+            or account.debits_pending
+            or account.credits_pending
+        ):
+            check = Code.BALANCE_NOT_ZERO
+        elif account.debits_in_transit:
+            check = Code.TRANSFER_IN_TRANSIT
+    if check is not None:
+        return _refused(command, check, digest)
+    assert account is not None
+    state.put(command.account, replaced(account, status="closed"))
+    return Outputs(
+        _accepted(command, digest), [_event(command, ts, "account_closed", account.currency)]
+    )
+
+
+def _deposit(state: _State, command: Deposit, ts: int, digest: str) -> Outputs:
+    check = _check_move(state, command, None, local=False) or _check_credit_side(
+        state, command.account, command.amount, "deposit", ts
+    )
+    if check is not None:
+        return _refused(command, check, digest)
+    _use(state, command.account, "deposit", command.amount, ts)
+    postings = _move(state, WORLD, command.account, command.amount)
+    event = _event(command, ts, "deposit", command.currency, postings=postings)
+    return Outputs(_accepted(command, digest, command.amount), [event])
+
+
+def _withdraw(state: _State, command: Withdraw, ts: int, digest: str) -> Outputs:
+    check = _check_move(state, command, None, local=False) or _check_debit(
+        state, command.account, command.amount, "withdrawal", ts, None
+    )
+    if check is not None:
+        return _refused(command, check, digest)
+    _use(state, command.account, "withdrawal", command.amount, ts)
+    postings = _move(state, command.account, WORLD, command.amount)
+    event = _event(command, ts, "withdrawal", command.currency, postings=postings)
+    return Outputs(_accepted(command, digest, command.amount), [event])
+
+
+def _transfer(state: _State, command: Transfer, ts: int, digest: str) -> Outputs:
+    local = state.is_local(command.destination)
+    check = _check_move(state, command, command.destination, local) or _check_debit(
+        state, command.account, command.amount, "transfer_out", ts, command.destination
+    )
+    if check is not None:
+        return _refused(command, check, digest)
+    _use(state, command.account, "transfer_out", command.amount, ts)
+    event = _event(command, ts, "transfer", command.currency)
+    return _pay_out(state, command, digest, event, command.destination, command.amount)
+
+
+def _place_hold(state: _State, command: PlaceHold, ts: int, digest: str) -> Outputs:
+    check = _check_payment(state, command, ts)
+    if check is not None:
+        return _refused(command, check, digest)
+    deadline = None if command.timeout_s is None else ts + command.timeout_s * 1000
+    return _hold(state, command, ts, digest, deadline, None)
+
+
+def _pay_invoice(state: _State, command: PayInvoice, ts: int, digest: str) -> Outputs:
+    claim = invoice_key(command.account, command.invoice_id)
+    check = _check_payment(state, command, ts, claim)
+    if check is not None:
+        return _refused(command, check, digest)
+    if command.channel != "ledger":
+        timeout_ms = state.rules.payment_timeout_ms
+        if command.timeout_s is not None:
+            timeout_ms = command.timeout_s * 1000
+        outputs = _hold(state, command, ts, digest, ts + timeout_ms, command.invoice_id)
+        return outputs._replace(claim=claim)
+    _use(state, command.account, "transfer_out", command.amount, ts)
+    event = _event(command, ts, "invoice_payment", command.currency)
+    event = replaced(event, invoice_id=command.invoice_id)
+    outputs = _pay_out(state, command, digest, event, command.destination, command.amount)
+    if outputs.result is not None:  # landed at once: paid
+        entries = [event.entry_id]
+        outputs = outputs._replace(receipt=_receipt(command, command.command_id, entries, ts))
+    return outputs._replace(claim=claim)
+
+
+def _check_payment(
+    state: _State, command: PlaceHold | PayInvoice, ts: int, claim: str | None = None
+) -> Check:
+    """A hold or an invoice payment: the checks of a transfer, the invoice's between the
+    accounts' and the limits."""
+    local = state.is_local(command.destination)
+    check = _check_move(state, command, command.destination, local)
+    if check is None and claim is not None:
+        status = _claim_status(state, claim)
+        if status == "done":
+            check = Code.INVOICE_ALREADY_PAID
+        elif status == "pending":
+            check = Code.INVOICE_PAYMENT_PENDING
+    return check or _check_debit(
+        state, command.account, command.amount, "transfer_out", ts, command.destination
+    )
+
+
+def _hold(
+    state: _State,
+    command: PlaceHold | PayInvoice,
+    ts: int,
+    digest: str,
+    deadline: int | None,
+    invoice: str | None,
+) -> Outputs:
+    """Reserve the amount: pending debits on the source, pending credits on a local
+    destination (else on @transit), so the available balance drops and the posted does not."""
+    if invoice is None:  # an invoice payment counted its use already
+        _use(state, command.account, "transfer_out", command.amount, ts)
+    amount = command.amount
+    state.change(command.account, debits_pending=amount)
+    counter = TRANSIT
+    if state.is_local(command.destination):
+        state.change(command.destination, credits_pending=amount)
+        counter = command.destination
+    event = replaced(
+        _event(command, ts, "hold_placed", command.currency),
+        hold_id=command.command_id,
+        pending=_pair(command.account, counter, amount),
+        invoice_id=invoice,
+    )
+    hold = Hold(
+        source=command.account,
+        destination=command.destination,
+        amount=amount,
+        currency=command.currency,
+        deadline_ms=deadline,
+        invoice_id=invoice,
+    )
+    result = _accepted(command, digest, amount, command.destination)
+    return Outputs(result, [event], hold=hold)
+
+
+def _post_hold(state: _State, command: PostHold, ts: int, digest: str) -> Outputs:
+    found = _find_hold(state, command.account, command.hold_id)
+    check: Check = _check_reserved(command.account)
+    if check is None and command.amount is not None:
+        check = _check_amount(command.amount, 1)
+    check = check or _check_hold(found, ts, expiring=False)
+    amount = command.amount
+    if check is None:
+        assert found is not None and found.hold is not None
+        if amount is None:
+            amount = found.hold.amount
+        if amount > found.hold.amount:
+            check = Code.AMOUNT_EXCEEDS_HOLD
+    if check is not None:
+        return _refused(command, check, digest)
+    assert found is not None and amount is not None
+    return _settle_hold(state, command, ts, digest, found, amount)
+
+
+def _void_hold(state: _State, command: VoidHold | ExpireHold, ts: int, digest: str) -> Outputs:
+    found = _find_hold(state, command.account, command.hold_id)
+    expiring = isinstance(command, ExpireHold)
+    check = _check_reserved(command.account) or _check_hold(found, ts, expiring=expiring)
+    if check is not None:
+        return _refused(command, check, digest)
+    assert found is not None
+    return _release_hold(state, command, ts, digest, found, "expired" if expiring else "voided")
+
+
+def _confirm_payment(
+    state: _State, command: ConfirmPayment | FailPayment, ts: int, digest: str
+) -> Outputs:
+    """The gateway's answer to a payment through an external channel: post its hold in
+    full, or void it."""
+    claim = state.outcome(invoice_key(command.account, command.invoice_id))
+    check = _check_reserved(command.account)
+    found = None
+    if check is None and claim is not None and claim.result is not None:
+        check = Code.INVOICE_ALREADY_PAID
+    elif check is None and claim is not None and claim.claimed_by is not None:
+        found = state.outcome(_COMMAND + claim.claimed_by)
+    if check is None and (found is None or found.hold is None):
+        check = Code.PAYMENT_NOT_FOUND
+    voiding = isinstance(command, FailPayment)
+    refusal = check or _check_hold(found, ts, expiring=False, voiding=voiding)
+    if refusal is not None:
+        return _refused(command, refusal, digest)
+    assert found is not None and found.hold is not None
+    if isinstance(command, ConfirmPayment):
+        return _settle_hold(state, command, ts, digest, found, found.hold.amount)
+    return _release_hold(state, command, ts, digest, found, "voided")
+
+
+def _find_hold(state: _State, account: str, hold_id: str) -> Outcome | None:
+    """The outcome of the hold `hold_id` placed by `account`, or None."""
+    found = state.outcome(_COMMAND + hold_id)
+    if found is None or found.hold is None or found.hold.source != account:
+        return None
+    return found
+
+
+_RESOLVED: dict[str, Code] = {
+    "posting": Code.HOLD_ALREADY_POSTED,
+    "posted": Code.HOLD_ALREADY_POSTED,
+    "returned": Code.HOLD_ALREADY_POSTED,
+    "voided": Code.HOLD_VOIDED,
+    "expired": Code.HOLD_EXPIRED,
+}
+
+
+def _check_hold(found: Outcome | None, ts: int, *, expiring: bool, voiding: bool = False) -> Check:
+    """Whether a hold may resolve now: found, not resolved, and by record time past its
+    deadline to expire, not past it to post (a void releases it either way)."""
+    if found is None or found.hold is None:
+        return Code.HOLD_NOT_FOUND
+    hold = found.hold
+    if hold.status != "pending":
+        return _RESOLVED[hold.status]
+    passed = hold.deadline_ms is not None and ts >= hold.deadline_ms
+    if expiring and not passed:
+        return Code.HOLD_NOT_EXPIRED
+    if not expiring and not voiding and passed:
+        return Refusal(
+            Code.HOLD_EXPIRED, f"the hold's deadline ({hold.deadline_ms}) passed at record time"
+        )
+    return None
+
+
+def _settle_hold(
+    state: _State,
+    command: PostHold | ConfirmPayment,
+    ts: int,
+    digest: str,
+    found: Outcome,
+    amount: int,
+) -> Outputs:
+    """Post `amount` of a pending hold and release the rest; across partitions the posted
+    amount travels as a transfer does."""
+    hold = found.hold
+    assert hold is not None
+    local = state.is_local(hold.destination)
+    counter = hold.destination if local else TRANSIT
+    state.change(hold.source, debits_pending=-hold.amount)
+    if local:
+        state.change(hold.destination, credits_pending=-hold.amount)
+    assert found.result is not None
+    hold_key = _COMMAND + found.result.command_id
+    status: Literal["posted", "posting"] = "posted" if local else "posting"
+    state.put_outcome(hold_key, replaced(found, hold=replaced(hold, status=status, posted=amount)))
+    event = replaced(
+        _event(command, ts, "hold_posted", hold.currency),
+        hold_id=hold_key.removeprefix(_COMMAND),
+        released=_pair(hold.source, counter, hold.amount),
+        invoice_id=hold.invoice_id,
+    )
+    outputs = _pay_out(state, command, digest, event, hold.destination, amount, hold.source)
+    if hold.invoice_id is not None:
+        claim = invoice_key(hold.source, hold.invoice_id)
+        paid = outputs.result
+        if paid is not None:  # landed at once
+            entries = [f"{hold_key.removeprefix(_COMMAND)}:0", event.entry_id]
+            receipt = _receipt_of_hold(hold, hold_key, amount, entries, ts)
+            outputs = outputs._replace(receipt=receipt)
+            state.put_outcome(claim, _paid_claim(state, claim, paid))
+    return outputs
+
+
+def _release_hold(
+    state: _State,
+    command: VoidHold | ExpireHold | FailPayment,
+    ts: int,
+    digest: str,
+    found: Outcome,
+    status: Literal["voided", "expired"],
+) -> Outputs:
+    hold = found.hold
+    assert hold is not None and found.result is not None
+    hold_id = found.result.command_id
+    counter = TRANSIT
+    state.change(hold.source, debits_pending=-hold.amount)
+    if state.is_local(hold.destination):
+        state.change(hold.destination, credits_pending=-hold.amount)
+        counter = hold.destination
+    state.put_outcome(_COMMAND + hold_id, replaced(found, hold=replaced(hold, status=status)))
+    kind: Literal["hold_voided", "hold_expired"] = (
+        "hold_voided" if status == "voided" else "hold_expired"
+    )
+    event = replaced(
+        _event(command, ts, kind, hold.currency),
+        hold_id=hold_id,
+        released=_pair(hold.source, counter, hold.amount),
+        invoice_id=hold.invoice_id,
+    )
+    result = _accepted(command, digest, hold.amount, hold.destination)
+    return Outputs(result, [event])
+
+
+def _reverse(state: _State, command: Reverse, ts: int, digest: str) -> Outputs:
+    account = state.account(command.account)
+    check: Check = _check_reserved(command.account) or _check_open(account)
+    original = None
+    if check is None:
+        original = _original(state, command.account, command.target)
+        if original is None:
+            check = Code.ORIGINAL_NOT_FOUND
+        elif original.result is None:
+            raise AssertionError("an original without a result is not found")
+        elif original.result.type == "reverse":
+            check = Code.REVERSAL_OF_REVERSAL
+        elif (
+            original.result.status != "accepted"
+            or original.result.type not in REVERSIBLE
+            or original.hold is not None
+        ):
+            check = Code.NOT_REVERSIBLE
+        elif _claim_status(state, _REVERSAL + command.target) != "free":
+            check = Code.ALREADY_REVERSED
+    if check is not None:
+        return _refused(command, check, digest)
+    assert account is not None and original is not None and original.result is not None
+    done = original.result
+    amount = done.amount
+    assert amount is not None, f"accepted {done.type} {done.command_id} without its amount"
+    if done.type == "withdraw":  # the money comes back from @world
+        if account.credit_headroom < amount:
+            return _refused(command, Code.OVERFLOW, digest)
+        postings = _move(state, WORLD, command.account, amount)
+        event = _event(command, ts, "reversal", account.currency, postings=postings)
+        event = replaced(event, reverses=command.target)
+        result = _accepted(command, digest, amount)
+        return Outputs(result, [event], claim=_REVERSAL + command.target)
+    counter = WORLD if done.type == "deposit" else done.account
+    assert counter is not None
+    check = _check_debit(state, command.account, amount, None, ts, counter)
+    if check == Code.INSUFFICIENT_FUNDS:
+        check = Refusal(
+            Code.INSUFFICIENT_FUNDS,
+            f"reversing {command.target} would take {command.account} past its floor",
+        )
+    elif check is None and counter != WORLD and state.is_local(counter):
+        other = state.account(counter)
+        if other is None or other.status == "closed":
+            check = Refusal(
+                Code.ACCOUNT_CLOSED, f"{counter}, which the money goes back to, is closed"
+            )
+    if check is not None:
+        return _refused(command, check, digest)
+    event = replaced(_event(command, ts, "reversal", account.currency), reverses=command.target)
+    outputs = _pay_out(state, command, digest, event, counter, amount)
+    return outputs._replace(claim=_REVERSAL + command.target)
+
+
+def _original(state: _State, account: str, target: str) -> Outcome | None:
+    """The outcome of the command `target` on this partition in which `account` is the side a
+    reversal takes the money from: a deposit's or withdrawal's account, else the destination
+    (a cross-partition transfer is known there by its credit leg)."""
+    for key in (_COMMAND + target, _CREDIT + target):
+        found = state.outcome(key)
+        if found is None or found.result is None:
+            continue
+        result = found.result
+        side = result.account if result.type in ("deposit", "withdraw") else result.destination
+        if side == account or (result.type == "reverse" and result.account == account):
+            return found
+    return None
+
+
+def _claim_status(state: _State, key: str) -> Literal["free", "pending", "done"]:
+    """An invoice's or a reversal target's claim: done once its money moved, pending while
+    its payment or reversal may still do so, free when there is none (or it failed)."""
+    claim = state.outcome(key)
+    if claim is None:
+        return "free"
+    if claim.result is not None:
+        return "done"
+    assert claim.claimed_by is not None, f"claim {key} names no command"
+    by = state.outcome(_COMMAND + claim.claimed_by)
+    assert by is not None, f"claim {key} names {claim.claimed_by}, which was never decided"
+    if by.hold is not None:
+        return "pending" if by.hold.status in ("pending", "posting") else "free"
+    if by.result is None:
+        return "pending"
+    return "done" if by.result.status == "accepted" else "free"
+
+
+def _paid_claim(state: _State, key: str, result: Result) -> Outcome:
+    """The claim `key`, final now that the money it claimed for has moved."""
+    claim = state.outcome(key)
+    assert claim is not None and claim.claimed_by is not None
+    return replaced(claim, result=result)
+
+
+def _pay_out(
     state: _State,
     command: Command,
-    timestamp_ms: int,
     digest: str,
-    is_local: Callable[[str], bool],
+    event: JournalEvent,
+    destination: str,
+    amount: int,
+    source: str | None = None,
 ) -> Outputs:
-    # Whether a transfer lands on this partition: asked once, for the checks and the posting.
-    local = isinstance(command, Transfer) and is_local(command.destination)
-    code = _check_command(state, command, local)
-    if code is not None:
-        return Outputs(result=_rejected(command, code, digest))
-    # After this point the command must succeed: every check is above.
-    journal = _post_command(state, command, timestamp_ms, local)
-    if isinstance(command, Transfer) and not local:
-        leg = Leg(
-            type="credit",
-            transfer_id=command.command_id,
-            source=command.account,
-            destination=command.destination,
-            amount=command.amount,
-            currency=command.currency,
-            reply_partition=command.reply_partition,
-            payload_digest=digest,
-        )
-        # The result comes from the destination's writer, once the money has landed.
-        return Outputs(journal=journal, legs=[leg])
-    return Outputs(result=_accepted(command, digest), journal=journal)
+    """Move `amount` from `source` (the command's account) to `destination` in `event`: at
+    once when the destination is local or @world, else to @transit with a credit leg, the
+    result waiting for the destination's writer."""
+    source = source or command.account
+    if destination == WORLD or state.is_local(destination):
+        postings = _move(state, source, destination, amount)
+        result = _accepted(command, digest, amount, None if destination == WORLD else destination)
+        return Outputs(result, [replaced(event, postings=postings)])
+    postings = _move(state, source, TRANSIT, amount)
+    state.change(source, debits_in_transit=amount)
+    if event.kind == "transfer":
+        event = replaced(event, kind="transfer_debit")
+    leg = Leg(
+        type="credit",
+        transfer_id=command.command_id,
+        source=source,
+        destination=destination,
+        amount=amount,
+        currency=event.currency,
+        reply_partition=command.reply_partition,
+        payload_digest=digest,
+        command=command.type,
+    )
+    # The result comes from the destination's writer, once the money has landed.
+    return Outputs(journal=[replaced(event, postings=postings)], legs=[leg])
 
 
-def _check_command(state: _State, command: Command, local: bool) -> str | None:
-    """The guards of one command, in the precedence order of the module docstring; `local`:
-    a transfer whose destination is on this partition."""
-    names = [command.account]
-    if isinstance(command, Transfer):
-        names.append(command.destination)
-    if any(name.startswith("@") for name in names):
-        return "account_reserved"
-    amount = _amount_of(command)
-    if amount is not None:
-        # An overdraft limit may be zero; an amount that moves money may not.
-        if amount < 0 or (amount == 0 and not isinstance(command, OpenAccount)):
-            return "invalid_amount"
-        if amount > AMOUNT_MAX:
-            return "amount_too_large"
-    if isinstance(command, Transfer) and command.destination == command.account:
-        return "accounts_must_be_different"
-    account = state.account(command.account)
-    if isinstance(command, OpenAccount):
-        return "account_exists" if account is not None else None
-    local_names = names if local else [command.account]
-    for name in local_names:
-        found = state.account(name)
-        if found is None:
-            return "account_not_found"
-    for name in local_names:
-        if state.account(name).status == "closed":  # type: ignore[union-attr]
-            return "account_closed"
-    currency = getattr(command, "currency", None)
-    for name in local_names:
-        if currency is not None and state.account(name).currency != currency:  # type: ignore[union-attr]
-            return "currency_mismatch"
+def _check_reserved(*names: str) -> Code | None:
+    return Code.ACCOUNT_RESERVED if any(name.startswith("@") for name in names) else None
+
+
+def _check_amount(amount: int, smallest: int) -> Code | None:
+    if amount < smallest:
+        return Code.INVALID_AMOUNT
+    return Code.AMOUNT_TOO_LARGE if amount > AMOUNT_MAX else None
+
+
+def _check_open(account: AccountState | None) -> Code | None:
+    if account is None:
+        return Code.ACCOUNT_NOT_FOUND
+    return Code.ACCOUNT_CLOSED if account.status == "closed" else None
+
+
+def _check_move(
+    state: _State,
+    command: Deposit | Withdraw | Transfer | PlaceHold | PayInvoice,
+    destination: str | None,
+    local: bool,
+) -> Code | None:
+    """The checks of a command that moves money, up to the accounts' currency: the
+    destination's when it is local (its own writer checks it otherwise)."""
+    names = [command.account] if destination is None else [command.account, destination]
+    check = _check_reserved(*names) or _check_amount(command.amount, 1)
+    if check is not None:
+        return check
+    if destination == command.account:
+        return Code.ACCOUNTS_MUST_BE_DIFFERENT
+    accounts = [state.account(name) for name in (names if local else names[:1])]
+    for account in accounts:
+        if account is None:
+            return Code.ACCOUNT_NOT_FOUND
+    for account in accounts:
+        if account is not None and account.status == "closed":
+            return Code.ACCOUNT_CLOSED
+    for account in accounts:
+        if account is not None and account.currency != command.currency:
+            return Code.CURRENCY_MISMATCH
+    return None
+
+
+def _check_debit(
+    state: _State, name: str, amount: int, action: Action | None, ts: int, counter: str | None
+) -> Check:
+    """Limits, funds and overflow of taking `amount` from `name` for `counter` (another
+    account, @world, or None for @world): a local counter must take the credit; a remote
+    one may refuse it, so a refund must fit."""
+    account = state.account(name)
     assert account is not None
-    if isinstance(command, CloseAccount):
-        if account.debits_posted != account.credits_posted or account.debits_pending:
-            return "balance_not_zero"
-        if account.debits_in_transit:
-            return "transfer_in_transit"
+    if action is not None:
+        breach = _limit_breach(account, action, amount, ts)
+        if breach is not None:
+            return breach
+    if account.available < amount:
+        return Code.INSUFFICIENT_FUNDS
+    if account.debits_posted + account.debits_pending + amount > BALANCE_MAX:
+        return Code.OVERFLOW
+    if counter is None or counter == WORLD:
         return None
-    assert amount is not None
-    if isinstance(command, DEBITS) and account.available < amount:
-        return "insufficient_funds"
-    if isinstance(command, Deposit) and account.credit_headroom < amount:
-        return "overflow"
-    if isinstance(command, DEBITS) and account.debits_posted + amount > BALANCE_MAX:
-        return "overflow"
-    if isinstance(command, Transfer):
-        if not local and account.credit_headroom < amount:
-            return "overflow"  # the refund, should one come, must fit
-        destination = state.account(command.destination) if local else None
-        if destination is not None and destination.credit_headroom < amount:
-            return "overflow"
+    if not state.is_local(counter):
+        return Code.OVERFLOW if account.credit_headroom < amount else None
+    other = state.account(counter)
+    if other is not None and other.credit_headroom < amount:
+        return Code.OVERFLOW
     return None
 
 
-def _amount_of(command: Command) -> int | None:
-    if isinstance(command, OpenAccount):
-        return command.overdraft_limit
-    if isinstance(command, MOVES):
-        return command.amount
-    return None
-
-
-def _post_command(
-    state: _State, command: Command, timestamp_ms: int, local: bool
-) -> list[JournalEvent]:
-    entry = f"{command.command_id}:0"
-    common: dict[str, Any] = {
-        "entry_id": entry,
-        "command_id": command.command_id,
-        "account": command.account,
-        "timestamp_ms": timestamp_ms,
-        "metadata": command.metadata,
-    }
-    if isinstance(command, OpenAccount):
-        state.put(
-            command.account,
-            AccountState(currency=command.currency, overdraft_limit=command.overdraft_limit),
-        )
-        return [
-            JournalEvent(
-                kind="account_opened",
-                currency=command.currency,
-                postings=[],
-                overdraft_limit=command.overdraft_limit,
-                **common,
-            )
-        ]
-    account = state.account(command.account)
+def _check_credit_side(state: _State, name: str, amount: int, action: Action, ts: int) -> Check:
+    account = state.account(name)
     assert account is not None
-    if isinstance(command, CloseAccount):
-        state.put(command.account, replaced(account, status="closed"))
-        return [
-            JournalEvent(kind="account_closed", currency=account.currency, postings=[], **common)
-        ]
-    if isinstance(command, Deposit):
-        postings = _move(state, WORLD, command.account, command.amount)
-        return [
-            JournalEvent(kind="deposit", currency=command.currency, postings=postings, **common)
-        ]
-    if isinstance(command, Withdraw):
-        postings = _move(state, command.account, WORLD, command.amount)
-        return [
-            JournalEvent(kind="withdrawal", currency=command.currency, postings=postings, **common)
-        ]
-    assert isinstance(command, Transfer)
-    if local:
-        postings = _move(state, command.account, command.destination, command.amount)
-        return [
-            JournalEvent(kind="transfer", currency=command.currency, postings=postings, **common)
-        ]
-    postings = _move(state, command.account, TRANSIT, command.amount)
-    source = state.account(command.account)
-    assert source is not None
-    in_transit = source.debits_in_transit + command.amount
-    state.put(command.account, replaced(source, debits_in_transit=in_transit))
-    return [
-        JournalEvent(kind="transfer_debit", currency=command.currency, postings=postings, **common)
-    ]
+    breach = _limit_breach(account, action, amount, ts)
+    if breach is not None:
+        return breach
+    return Code.OVERFLOW if account.credit_headroom < amount else None
+
+
+def _limit_breach(account: AccountState, action: Action, amount: int, ts: int) -> Refusal | None:
+    """The first of the account's limits that `amount` more of `action` would pass."""
+    limits = account.limits
+    if limits is None:
+        return None
+    largest = limits.transaction_amount_max
+    if largest is not None and amount > largest:
+        return _breach("transaction_amount_max", largest, 0, amount)
+    same_day = _day(account, ts) == account.day
+    used = account.used_amount.get(action, 0) if same_day else 0
+    most = limits.daily_amount_max.get(action)
+    if most is not None and used + amount > most:
+        return _breach(f"daily_amount_max.{action}", most, used, amount)
+    count = account.used_count.get(action, 0) if same_day else 0
+    most = limits.daily_count_max.get(action)
+    if most is not None and count + 1 > most:
+        return _breach(f"daily_count_max.{action}", most, count, 1)
+    return None
+
+
+def _breach(limit: str, value: int, used: int, requested: int) -> Refusal:
+    reason = f"{limit} is {value}: used {used} today, this command {requested}"
+    if limit == "transaction_amount_max":
+        reason = f"{limit} is {value}, this command moves {requested}"
+    return Refusal(Code.LIMIT_EXCEEDED, reason, LimitBreach(limit, value, used, requested))
+
+
+def _day(account: AccountState, ts: int) -> int:
+    """The UTC day of record time `ts`, never before the last day the account counted (a
+    record stamped earlier than one decided before it counts toward the later day)."""
+    return max(ts // DAY_MS, account.day)
+
+
+def _use(state: _State, name: str, action: Action, amount: int, ts: int) -> None:
+    """Count an accepted command toward the account's daily usage, when it has limits (an
+    account without any is not counted, so that it costs nothing)."""
+    account = state.account(name)
+    assert account is not None
+    if account.limits is None:
+        return
+    day = _day(account, ts)
+    amounts = dict(account.used_amount) if day == account.day else {}
+    counts = dict(account.used_count) if day == account.day else {}
+    amounts[action] = amounts.get(action, 0) + amount
+    counts[action] = counts.get(action, 0) + 1
+    state.put(name, replaced(account, day=day, used_amount=amounts, used_count=counts))
+
+
+def _limits(given: AccountLimits) -> Limits:
+    return from_builtins(given.model_dump(), Limits)
+
+
+def _pair(debit: str, credit: str, amount: int) -> list[Posting]:
+    return [Posting(account=debit, debit=amount), Posting(account=credit, credit=amount)]
+
+
+def _event(
+    command: Command,
+    ts: int,
+    kind: Any,
+    currency: str,
+    postings: list[Posting] | None = None,
+    overdraft_limit: int | None = None,
+) -> JournalEvent:
+    """The journal event of a command: entry `<command_id>:0`."""
+    return JournalEvent(
+        entry_id=f"{command.command_id}:0",
+        kind=kind,
+        command_id=command.command_id,
+        account=command.account,
+        currency=currency,
+        postings=postings or [],
+        timestamp_ms=ts,
+        overdraft_limit=overdraft_limit,
+        metadata=command.metadata,
+    )
+
+
+def _receipt(command: PayInvoice, payment_id: str, entries: list[str], ts: int) -> Receipt:
+    return Receipt(
+        invoice_id=command.invoice_id,
+        payer=command.account,
+        payee=command.destination,
+        amount=command.amount,
+        currency=command.currency,
+        payment_id=payment_id,
+        entry_ids=entries,
+        timestamp_ms=ts,
+    )
+
+
+def _receipt_of_hold(
+    hold: Hold, hold_key: str, amount: int, entries: list[str], ts: int
+) -> Receipt:
+    assert hold.invoice_id is not None
+    return Receipt(
+        invoice_id=hold.invoice_id,
+        payer=hold.source,
+        payee=hold.destination,
+        amount=amount,
+        currency=hold.currency,
+        payment_id=hold_key.removeprefix(_COMMAND),
+        entry_ids=entries,
+        timestamp_ms=ts,
+    )
+
+
+_HANDLERS: dict[type, Callable[[_State, Any, int, str], Outputs]] = {
+    OpenAccount: _open_account,
+    SetLimits: _set_limits,
+    CloseAccount: _close_account,
+    Deposit: _deposit,
+    Withdraw: _withdraw,
+    Transfer: _transfer,
+    PlaceHold: _place_hold,
+    PostHold: _post_hold,
+    VoidHold: _void_hold,
+    ExpireHold: _void_hold,
+    Reverse: _reverse,
+    PayInvoice: _pay_invoice,
+    ConfirmPayment: _confirm_payment,
+    FailPayment: _confirm_payment,
+}
+
+
+# Legs.
 
 
 def _apply_credit(state: _State, leg: Leg, timestamp_ms: int) -> Outputs:
@@ -548,19 +1161,24 @@ def _return_to_source(state: _State, decision: Decision, leg: Leg, incoming: Inc
         decision.refused.append((incoming, refusal))
         return
     assert original is not None
-    if original.result is not None:
-        if leg.type == "refund":  # re-send what the refund produced: result, refund event
+    if original.result is not None:  # a repeat: re-send what it produced here
+        if leg.type == "refund":  # the result and the refund event
             result = replaced(original.result, duplicate=True)
             decision.results.append(Reply(result, leg.reply_partition))
             decision.journal.extend(original.journal[1:])
+        if original.receipt is not None:
+            decision.receipts.append(original.receipt)
         return
     # After this point the transfer must end here: it matches what was sent.
     if leg.type == "settle":
-        _finish_at_source(state, leg, incoming, _leg_result(leg, "accepted", None), [])
+        finished = _finish_at_source(state, leg, incoming, _leg_result(leg, "accepted", None), [])
+        if finished.receipt is not None:
+            decision.receipts.append(finished.receipt)
         return
     postings = _move(state, TRANSIT, leg.source, leg.amount)
     event = state.stamp(_leg_event(leg, 2, "transfer_refund", postings, incoming.timestamp_ms))
-    result = _leg_result(leg, "rejected", leg.code)
+    assert leg.code is not None  # a refund's code is one of REFUND_CODES (`_check_return`)
+    result = _leg_result(leg, "rejected", Code(leg.code))
     _finish_at_source(state, leg, incoming, result, [event])
     decision.results.append(Reply(result, leg.reply_partition))
     decision.journal.append(event)
@@ -614,103 +1232,130 @@ def _leg_event(
 
 def _finish_at_source(
     state: _State, leg: Leg, incoming: Incoming, result: Result, journal: list[JournalEvent]
-) -> None:
+) -> Outcome:
     """The transfer has landed or come back: it is no longer in transit from its source, and
     the source's record of the command now carries the final answer (and no legs to re-send,
     since the destination has them). Its `origin` becomes the leg's, the last input that
-    changed it."""
-    source = state.account(leg.source)
+    changed it. What the money was for ends with it: a hold posted across partitions is
+    posted (or returned), and a paid invoice gets its receipt and its claim made final."""
     # The leg matches the transfer posted from this account, which has not ended yet.
-    assert source is not None and source.debits_in_transit >= leg.amount
-    in_transit = source.debits_in_transit - leg.amount
-    state.put(leg.source, replaced(source, debits_in_transit=in_transit))
+    source = state.change(leg.source, debits_in_transit=-leg.amount)
+    assert source.debits_in_transit >= 0
     key = outcome_key(leg)
     original = state.outcome(key)
     assert original is not None
+    sent = original.journal[0]
+    landed = leg.type == "settle"
+    receipt = None
+    if sent.kind == "hold_posted":
+        assert sent.hold_id is not None
+        hold_key = _COMMAND + sent.hold_id
+        held = state.outcome(hold_key)
+        assert held is not None and held.hold is not None and held.hold.status == "posting"
+        status: Literal["posted", "returned"] = "posted" if landed else "returned"
+        state.put_outcome(hold_key, replaced(held, hold=replaced(held.hold, status=status)))
+        if landed and held.hold.invoice_id is not None:
+            entries = [f"{sent.hold_id}:0", sent.entry_id, f"{leg.transfer_id}:1"]
+            receipt = _receipt_of_hold(
+                held.hold, hold_key, leg.amount, entries, incoming.timestamp_ms
+            )
+    elif sent.kind == "invoice_payment" and landed:
+        assert sent.invoice_id is not None
+        receipt = Receipt(
+            invoice_id=sent.invoice_id,
+            payer=leg.source,
+            payee=leg.destination,
+            amount=leg.amount,
+            currency=leg.currency,
+            payment_id=leg.transfer_id,
+            entry_ids=[sent.entry_id, f"{leg.transfer_id}:1"],
+            timestamp_ms=incoming.timestamp_ms,
+        )
+    if landed and sent.invoice_id is not None:
+        claim = invoice_key(leg.source, sent.invoice_id)
+        state.put_outcome(claim, _paid_claim(state, claim, result))
+    if landed and sent.reverses is not None:
+        claim = _REVERSAL + sent.reverses
+        state.put_outcome(claim, _paid_claim(state, claim, result))
     update = {
         "result": result,
         "journal": [*original.journal, *journal],
         "legs": [],
         "origin": incoming.origin or original.origin,
+        "receipt": receipt,
     }
-    state.put_outcome(key, replaced(original, **update))
+    finished = replaced(original, **update)
+    state.put_outcome(key, finished)
+    return finished
 
 
-def _check_credit(state: _State, leg: Leg) -> str | None:
+def _check_credit(state: _State, leg: Leg) -> Code | None:
     account = state.account(leg.destination)
     if account is None:
-        return "account_not_found"
+        return Code.ACCOUNT_NOT_FOUND
     if account.status == "closed":
-        return "account_closed"
+        return Code.ACCOUNT_CLOSED
     if account.currency != leg.currency:
-        return "currency_mismatch"
+        return Code.CURRENCY_MISMATCH
     if account.credit_headroom < leg.amount:
-        return "overflow"
+        return Code.OVERFLOW
     return None
 
 
 def _move(state: _State, debit: str, credit: str, amount: int) -> list[Posting]:
     """Post `amount` from `debit` to `credit`; system accounts are journal-only."""
     for name, side in ((debit, "debits_posted"), (credit, "credits_posted")):
-        if name.startswith("@"):
-            continue
-        account = state.account(name)
-        assert account is not None
-        updated = replaced(account, **{side: getattr(account, side) + amount})
-        assert updated.debits_posted <= BALANCE_MAX and updated.credits_posted <= BALANCE_MAX
-        state.put(name, updated)
-    return [Posting(account=debit, debit=amount), Posting(account=credit, credit=amount)]
+        if not name.startswith("@"):
+            updated = state.change(name, **{side: amount})
+            assert updated.debits_posted <= BALANCE_MAX and updated.credits_posted <= BALANCE_MAX
+    return _pair(debit, credit, amount)
 
 
-def _accepted(command: Command, digest: str) -> Result:
+# Results.
+
+
+def _accepted(
+    command: Command, digest: str, amount: int | None = None, destination: str | None = None
+) -> Result:
     return Result(
         command_id=command.command_id,
         status="accepted",
         type=command.type,
         account=command.account,
         payload_digest=digest,
+        amount=amount,
+        destination=destination,
     )
 
 
-def _rejected(command: Command, code: str, digest: str) -> Result:
+def _rejected(command: Command, check: Code | Refusal, digest: str) -> Result:
+    refusal = check if isinstance(check, Refusal) else Refusal(check)
     return Result(
         command_id=command.command_id,
         status="rejected",
-        code=code,
+        code=refusal.code,
         type=command.type,
         account=command.account,
-        reason=REASONS[code],
+        reason=refusal.reason or refusal.code.reason,
         payload_digest=digest,
+        limit=refusal.limit,
     )
 
 
-def _leg_result(leg: Leg, status: Literal["accepted", "rejected"], code: str | None) -> Result:
+def _refused(command: Command, check: Code | Refusal, digest: str) -> Outputs:
+    return Outputs(result=_rejected(command, check, digest))
+
+
+def _leg_result(leg: Leg, status: Literal["accepted", "rejected"], code: Code | None) -> Result:
+    accepted = status == "accepted"
     return Result(
         command_id=leg.transfer_id,
         status=status,
         code=code,
-        type="transfer",
+        type=leg.command,
         account=leg.source,
-        reason=REASONS[code] if code else None,
+        reason=code.reason if code else None,
         payload_digest=leg.payload_digest,
+        amount=leg.amount if accepted else None,
+        destination=leg.destination if accepted else None,
     )
-
-
-REASONS: dict[str, str] = {
-    "exists_with_different_payload": "this command_id was already used for another command",
-    "account_reserved": "accounts starting with '@' are system accounts",
-    "invalid_amount": "amounts must be positive integers of minor units",
-    "amount_too_large": f"amounts may not exceed {AMOUNT_MAX} minor units",
-    "accounts_must_be_different": "a transfer needs two different accounts",
-    "account_exists": "the account was already opened",
-    "account_not_found": "the account has not been opened",
-    "account_closed": "the account is closed",
-    "currency_mismatch": "the currency is not the account's currency",
-    "balance_not_zero": "an account can only be closed with a zero balance",
-    "transfer_in_transit": "a transfer from the account has not landed yet; retry the close",
-    "insufficient_funds": "the debit exceeds the balance plus the overdraft limit",
-    "overflow": f"posted debits or credits would exceed {BALANCE_MAX}",
-    "invalid_command": "the message is not a valid command (see the dead-letter topic)",
-    "invalid_currency": "the currency is not a known ISO 4217 code",
-    "wrong_partition": "the command was not keyed by its account",
-}

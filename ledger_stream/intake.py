@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 from pydantic import ValidationError
 
+from ledger_stream.codes import Code
 from ledger_stream.core import Incoming, Reply
 from ledger_stream.messages import (
     COMMAND_ADAPTER,
@@ -151,7 +152,9 @@ def _placed(
         problems.append(reason)
         if isinstance(message, CommandBase):
             replies.append(
-                _rejection(message.command_id, "wrong_partition", reason, message.reply_partition)
+                _rejection(
+                    message.command_id, Code.WRONG_PARTITION, reason, message.reply_partition
+                )
             )
     if not problems:
         return Intake(inputs)
@@ -182,7 +185,10 @@ def _oversize_rejections(value: bytes, error: str) -> tuple[Reply, ...]:
             partition = _reply_partition(item)
             replies.append(
                 _rejection(
-                    item["command_id"][:IDENTIFIER_CHARS_MAX], "invalid_command", error, partition
+                    item["command_id"][:IDENTIFIER_CHARS_MAX],
+                    Code.INVALID_COMMAND,
+                    error,
+                    partition,
                 )
             )
     return tuple(replies)
@@ -205,22 +211,22 @@ def _rejection_of(item: Any, error: ValidationError) -> Reply | None:
 
 # Fields whose own validation failing has a code of its own.
 _FIELD_CODES = {
-    "amount": "invalid_amount",
-    "overdraft_limit": "invalid_amount",
-    "currency": "invalid_currency",
+    "amount": Code.INVALID_AMOUNT,
+    "overdraft_limit": Code.INVALID_AMOUNT,
+    "currency": Code.INVALID_CURRENCY,
 }
 
 
-def _code_for(error: ValidationError) -> str:
+def _code_for(error: ValidationError) -> Code:
     for issue in error.errors():
         loc = issue["loc"]  # (command type, field, ...) for a command's own fields
         field = str(loc[1]) if len(loc) == 2 else ""
         if field in _FIELD_CODES and issue["type"] != "extra_forbidden":
             return _FIELD_CODES[field]
-    return "invalid_command"
+    return Code.INVALID_COMMAND
 
 
-def _rejection(command_id: str, code: str, reason: str, partition: int | None) -> Reply:
+def _rejection(command_id: str, code: Code, reason: str, partition: int | None) -> Reply:
     return Reply(
         Result(command_id=command_id, status="rejected", code=code, reason=reason), partition
     )

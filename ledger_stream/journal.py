@@ -50,8 +50,13 @@ class Books:
     kinds: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     debits: dict[tuple[str, str], int] = field(default_factory=_zeros)
     credits: dict[tuple[str, str], int] = field(default_factory=_zeros)
-    # The lowest balance after any event, in the order the events were folded.
-    lowest: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Reserved by holds not yet resolved (hold_placed less what its resolution released).
+    debits_pending: dict[tuple[str, str], int] = field(default_factory=_zeros)
+    credits_pending: dict[tuple[str, str], int] = field(default_factory=_zeros)
+    # Each account's overdraft limit as its events set it, and the events after which its
+    # balance was below it: (account, currency, entry id, balance, floor).
+    floors: dict[str, int] = field(default_factory=dict)
+    past_floor: list[tuple[str, str, str, int, int]] = field(default_factory=list)
 
     def balance(self, account: str, currency: str) -> int:
         """Credits less debits: what the account holds (negative for @world once funded)."""
@@ -66,8 +71,8 @@ class Books:
 
 
 def fold(events: Iterable[JournalEvent]) -> Books:
-    """Fold events into balances, in the order given. `Books.lowest` means something per
-    account only when each account's events come in their journal order (by `seq`)."""
+    """Fold events into balances, in the order given. `Books.past_floor` means something
+    only when each account's events come in their journal order (by `seq`)."""
     books = Books()
     for event in events:
         books.events += 1
@@ -79,7 +84,19 @@ def fold(events: Iterable[JournalEvent]) -> Books:
             books.balances[key] += posting.credit - posting.debit
             books.debits[key] += posting.debit
             books.credits[key] += posting.credit
+        for sign, postings in ((1, event.pending), (-1, event.released)):
+            for posting in postings or ():
+                key = (posting.account, event.currency)
+                books.debits_pending[key] += sign * posting.debit
+                books.credits_pending[key] += sign * posting.credit
+        if event.overdraft_limit is not None:  # account_opened, limits_set
+            books.floors[event.account] = event.overdraft_limit
         for posting in event.postings:
             key = (posting.account, event.currency)
-            books.lowest[key] = min(books.lowest.get(key, 0), books.balances[key])
+            balance = books.balances[key]
+            floor = -books.floors.get(posting.account, 0)
+            if not posting.account.startswith("@") and balance < floor:
+                books.past_floor.append(
+                    (posting.account, event.currency, event.entry_id, balance, floor)
+                )
     return books

@@ -16,13 +16,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     TypeAdapter,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
 )
 
-from ledger_stream.money import BALANCE_MAX, CURRENCY_EXPONENTS, parse_amount
+from ledger_stream.codes import Code
+from ledger_stream.money import AMOUNT_MAX, BALANCE_MAX, CURRENCY_EXPONENTS, parse_amount
 
 IDENTIFIER_PATTERN = r"^[A-Za-z0-9@._:/+=-]+$"
 IDENTIFIER_CHARS_MAX = 128
@@ -85,8 +87,13 @@ class CommandBase(Message):
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """What makes two commands with one id the same command (not routing or metadata)."""
-        # The fields are plain values, so the instance's own dict is `model_dump`'s answer.
-        return {k: v for k, v in self.__dict__.items() if k not in _NOT_FINGERPRINTED}
+        # The fields are plain values (limits aside), so the instance's own dict is
+        # `model_dump`'s answer.
+        return {
+            k: v.model_dump() if isinstance(v, BaseModel) else v
+            for k, v in self.__dict__.items()
+            if k not in _NOT_FINGERPRINTED
+        }
 
 
 _NOT_FINGERPRINTED = ("reply_partition", "metadata")
@@ -117,9 +124,45 @@ class AmountFields(CurrencyField):
     amount: WireAmount
 
 
+# What a daily limit counts: deposits, withdrawals, and money leaving the account for
+# another (transfers, holds when placed, invoice payments).
+Action = Literal["deposit", "withdrawal", "transfer_out"]
+LimitAmount = Annotated[StrictInt, Field(ge=0, le=AMOUNT_MAX)]
+Timeout = Annotated[
+    StrictInt,
+    Field(gt=0, le=10 * 365 * 86_400, description="Seconds after the command's record time"),
+]
+
+
+class AccountLimits(Message):
+    """An account's limits, in minor units of its currency; a limit left out is no limit.
+    A command exactly at a limit passes; one unit (or one command) more is refused."""
+
+    transaction_amount_max: LimitAmount | None = Field(
+        default=None, description="Largest amount one command may move"
+    )
+    daily_amount_max: dict[Action, LimitAmount] = Field(
+        default_factory=dict, description="Per action, the most it may move in a day"
+    )
+    daily_count_max: dict[Action, LimitAmount] = Field(
+        default_factory=dict, description="Per action, how many it may make in a day"
+    )
+
+
 class OpenAccount(CommandBase, CurrencyField):
     type: Literal["open_account"]
     overdraft_limit: WireAmount = 0
+    limits: AccountLimits | None = Field(
+        default=None, description="Absent: the configured default (LEDGER_DEFAULT_LIMITS)"
+    )
+
+
+class SetLimits(CommandBase):
+    """Replaces the account's limits (when given) and its overdraft limit (when given)."""
+
+    type: Literal["set_limits"]
+    limits: AccountLimits | None = None
+    overdraft_limit: LimitAmount | None = Field(default=None, description="In minor units")
 
 
 class Deposit(CommandBase, AmountFields):
@@ -139,8 +182,88 @@ class CloseAccount(CommandBase):
     type: Literal["close_account"]
 
 
+class PlaceHold(CommandBase, AmountFields):
+    """Reserves `amount` of `account` for `destination`; its id is its command id."""
+
+    type: Literal["hold"]
+    destination: Identifier
+    timeout_s: Timeout | None = Field(default=None, description="Expires this long after")
+
+
+class PostHold(CommandBase):
+    type: Literal["post_hold"]
+    hold_id: Identifier = Field(description="The command id of the hold; `account` placed it")
+    amount: LimitAmount | None = Field(
+        default=None, description="Minor units to post (the rest is released); absent: all"
+    )
+
+
+class VoidHold(CommandBase):
+    type: Literal["void_hold"]
+    hold_id: Identifier
+
+
+class ExpireHold(CommandBase):
+    """Sent by the writer's timer once the hold's deadline has passed; decided by record
+    time, so any producer may send it."""
+
+    type: Literal["expire_hold"]
+    hold_id: Identifier
+
+
+class Reverse(CommandBase):
+    """Posts the opposite of an accepted command. `account` is the one the reversal takes
+    the money from: a deposit's account, a transfer's or payment's destination (or a
+    withdrawal's account, which gets it back)."""
+
+    type: Literal["reverse"]
+    target: Identifier = Field(description="The command id of the command to reverse")
+
+
+class PayInvoice(CommandBase, AmountFields):
+    """`account` pays `destination` an invoice, at most once per (payer, invoice id)."""
+
+    type: Literal["pay_invoice"]
+    invoice_id: Identifier
+    destination: Identifier
+    channel: Identifier = Field(
+        default="ledger",
+        description="'ledger' moves the money at once; any other places a hold that waits "
+        "for confirm_payment or fail_payment",
+    )
+    timeout_s: Timeout | None = Field(
+        default=None,
+        description="Other channels: the hold expires this long after "
+        "(absent: LEDGER_PAYMENT_TIMEOUT_S)",
+    )
+
+
+class ConfirmPayment(CommandBase):
+    type: Literal["confirm_payment"]
+    invoice_id: Identifier
+
+
+class FailPayment(CommandBase):
+    type: Literal["fail_payment"]
+    invoice_id: Identifier
+
+
 Command = Annotated[
-    OpenAccount | Deposit | Withdraw | Transfer | CloseAccount, Field(discriminator="type")
+    OpenAccount
+    | SetLimits
+    | Deposit
+    | Withdraw
+    | Transfer
+    | CloseAccount
+    | PlaceHold
+    | PostHold
+    | VoidHold
+    | ExpireHold
+    | Reverse
+    | PayInvoice
+    | ConfirmPayment
+    | FailPayment,
+    Field(discriminator="type"),
 ]
 COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
 # A command message carries one command, or a JSON array of commands of one partition.
@@ -170,8 +293,11 @@ class Leg(WriterMessage, frozen=True):
     amount: Annotated[int, Meta(gt=0)]
     currency: Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
     reply_partition: int | None = None
-    code: str | None = None
+    code: Annotated[str | None, Meta(description="A refund's: the destination's code")] = None
     payload_digest: Annotated[str | None, Meta(description="Of the transfer command")] = None
+    command: Annotated[
+        str, Meta(description="Type of the command that sent the money (its result's type)")
+    ] = "transfer"
 
     def fingerprint_fields(self) -> dict[str, Any]:
         fields = msgspec.structs.asdict(self)
@@ -187,12 +313,36 @@ class Leg(WriterMessage, frozen=True):
 LegBatch = Annotated[list[Leg], Meta(min_length=1, max_length=1_000_000)]
 
 
+class Limits(WriterMessage, frozen=True):
+    """An account's limits as the writer keeps them (`AccountLimits` of the commands)."""
+
+    transaction_amount_max: int | None = None
+    daily_amount_max: dict[Action, int] = msgspec.field(default_factory=dict)
+    daily_count_max: dict[Action, int] = msgspec.field(default_factory=dict)
+
+
+class LimitBreach(WriterMessage, frozen=True):
+    """Which limit a rejected command would have passed: its value, what the day had used
+    before the command, and what the command asked for (an amount, or 1 for a count)."""
+
+    limit: Annotated[
+        str,
+        Meta(
+            description="transaction_amount_max, daily_amount_max.<action> "
+            "or daily_count_max.<action>"
+        ),
+    ]
+    value: int
+    used: int
+    requested: int
+
+
 class Result(WriterMessage, frozen=True):
     """The answer to one command, keyed by `command_id`."""
 
     command_id: str
     status: Literal["accepted", "rejected"]
-    code: str | None = None
+    code: Code | None = None
     duplicate: Annotated[bool, Meta(description="Present (true) on the answer to a repeat")] = False
     type: Annotated[str | None, Meta(description="Command type, when it could be read")] = None
     account: str | None = None
@@ -205,6 +355,9 @@ class Result(WriterMessage, frozen=True):
             "command_id"
         ),
     ] = None
+    amount: Annotated[int | None, Meta(description="What the command moved or held")] = None
+    destination: str | None = None
+    limit: LimitBreach | None = None
 
 
 class Posting(WriterMessage, frozen=True, omit_defaults=False):
@@ -229,6 +382,13 @@ class JournalEvent(WriterMessage, frozen=True):
         "transfer_debit",
         "transfer_credit",
         "transfer_refund",
+        "limits_set",
+        "hold_placed",
+        "hold_posted",
+        "hold_voided",
+        "hold_expired",
+        "reversal",
+        "invoice_payment",
     ]
     account: Annotated[
         str, Meta(description="The account this event is about (its writer posted it)")
@@ -237,7 +397,19 @@ class JournalEvent(WriterMessage, frozen=True):
     postings: list[Posting]
     timestamp_ms: Annotated[int, Meta(description="Timestamp of the command record that caused it")]
     overdraft_limit: int | None = None
+    limits: Annotated[Limits | None, Meta(description="On account_opened and limits_set")] = None
     metadata: dict[str, str] | None = None
+    hold_id: str | None = None
+    pending: Annotated[
+        list[Posting] | None,
+        Meta(description="hold_placed: what it reserves (pending, not posted)"),
+    ] = None
+    released: Annotated[
+        list[Posting] | None,
+        Meta(description="hold_posted, hold_voided, hold_expired: the reservation released"),
+    ] = None
+    reverses: Annotated[str | None, Meta(description="reversal: the command reversed")] = None
+    invoice_id: str | None = None
     seq: (
         Annotated[int, Meta(ge=1, description="Position in its journal partition's chain, from 1")]
         | None
@@ -269,6 +441,14 @@ class AccountState(WriterMessage, frozen=True):
     debits_in_transit: Annotated[
         int, Meta(description="Debited to @transit for transfers that have not landed yet")
     ] = 0
+    limits: Limits | None = None
+    day: Annotated[int, Meta(description="UTC day (since 1970) the usage below counts")] = 0
+    used_amount: Annotated[dict[Action, int], Meta(description="Moved in `day`")] = msgspec.field(
+        default_factory=dict
+    )
+    used_count: Annotated[dict[Action, int], Meta(description="Commands in `day`")] = msgspec.field(
+        default_factory=dict
+    )
 
     @property
     def balance(self) -> int:
@@ -276,13 +456,41 @@ class AccountState(WriterMessage, frozen=True):
 
     @property
     def credit_headroom(self) -> int:
-        """Credits the account can still take, keeping room for refunds of what is in transit."""
-        return BALANCE_MAX - self.credits_posted - self.debits_in_transit
+        """Credits the account can still take, keeping room for refunds of what is in transit
+        and for the holds that may post to it."""
+        return BALANCE_MAX - self.credits_posted - self.credits_pending - self.debits_in_transit
 
     @property
     def available(self) -> int:
         """What a debit may take now: balance less pending debits plus the overdraft."""
         return self.balance - self.debits_pending + self.overdraft_limit
+
+
+class Hold(WriterMessage, frozen=True):
+    """A hold, kept in the outcome of the command that placed it (its id)."""
+
+    source: str
+    destination: str
+    amount: int
+    currency: str
+    # returned: posted, then refused by its destination's writer (the money came back)
+    status: Literal["pending", "posted", "voided", "expired", "returned"] = "pending"
+    posted: int = 0
+    deadline_ms: Annotated[int | None, Meta(description="Expires at this record time")] = None
+    invoice_id: Annotated[str | None, Meta(description="The invoice it pays, if any")] = None
+
+
+class Receipt(WriterMessage, frozen=True):
+    """Proof of a paid invoice, keyed by `invoice_id` on `<prefix>receipts`."""
+
+    invoice_id: str
+    payer: str
+    payee: str
+    amount: int
+    currency: str
+    payment_id: Annotated[str, Meta(description="Command id of the pay_invoice")]
+    entry_ids: Annotated[list[str], Meta(description="Journal entries that moved the money")]
+    timestamp_ms: Annotated[int, Meta(description="Record time of the command that paid it")]
 
 
 class Outcome(WriterMessage, frozen=True):
@@ -300,6 +508,12 @@ class Outcome(WriterMessage, frozen=True):
     ] = None
     timestamp_ms: Annotated[
         int | None, Meta(description="Timestamp of the record that decided it (for the window)")
+    ] = None
+    hold: Annotated[Hold | None, Meta(description="The hold this command placed")] = None
+    receipt: Annotated[Receipt | None, Meta(description="The receipt this command sent")] = None
+    claimed_by: Annotated[
+        str | None,
+        Meta(description="Claims (inv:, rev:): the command id of the payment or reversal"),
     ] = None
 
 
@@ -378,4 +592,5 @@ SCHEMA_MODELS: dict[str, Any] = {
     "account_state": AccountState,
     "outcome": Outcome,
     "state_record": StateRecord,
+    "receipt": Receipt,
 }

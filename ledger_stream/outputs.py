@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ledger_stream.core import Reply
 from ledger_stream.intake import DeadLetter
 from ledger_stream.kafka.records import OutRecord
-from ledger_stream.messages import JournalEvent, Leg, to_json
+from ledger_stream.messages import JournalEvent, Leg, Receipt, to_json
 from ledger_stream.partitioning import partition_of
 from ledger_stream.topics import TopicNames
 
@@ -30,12 +30,14 @@ class Outbox:
     results: list[Reply] = field(default_factory=list)
     legs: list[Leg] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    receipts: list[tuple[int, Receipt]] = field(default_factory=list)
 
     def extend(self, more: Outbox) -> None:
         self.journal += more.journal
         self.results += more.results
         self.legs += more.legs
         self.dead_letters += more.dead_letters
+        self.receipts += more.receipts
 
     def records(self, topics: TopicNames, partitions: int) -> Iterator[OutRecord]:
         for partition, event in self.journal:
@@ -56,6 +58,9 @@ class Outbox:
                 yield OutRecord(topics.legs, partition, chunk[0].account.encode(), value)
         for letter in self.dead_letters:
             yield dead_letter_record(topics.deadletter, letter)
+        for partition, receipt in self.receipts:
+            key = receipt.invoice_id.encode()
+            yield OutRecord(topics.receipts, partition, key, to_json(receipt))
 
 
 def dead_letter_record(topic: str, letter: DeadLetter) -> OutRecord:

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 from pydantic import TypeAdapter
 
+from ledger_stream.codes import PRECEDENCE, Code
 from ledger_stream.messages import SCHEMA_MODELS, WriterMessage
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -25,17 +26,33 @@ TOPICS = {
     "result": "<prefix>results (key: command_id)",
     "journal_event": "<prefix>journal (key: entry_id; compacted)",
     "account_state": "inside <prefix>state records (accounts, by account name)",
-    "outcome": "inside <prefix>state records (outcomes, by cmd:<id> or leg:credit:<id>)",
+    "outcome": "inside <prefix>state records (outcomes, by cmd:<id>, leg:credit:<id>, "
+    "inv:<payer>|<invoice_id> or rev:<id>); compact ones on <prefix>outcomes",
     "state_record": "<prefix>state (one record per commit or claim; never compacted)",
+    "receipt": "<prefix>receipts (key: invoice_id; on the payer's partition; compacted)",
+    "code": "result.code of <prefix>results: every rejection code, its precedence and reason",
 }
+
+
+def code_schema() -> dict[str, Any]:
+    """The rejection codes: lowest precedence first applies (0: intake, before deciding)."""
+    return {
+        "type": "string",
+        "oneOf": [
+            {"const": code.value, "description": code.reason, "x-precedence": PRECEDENCE[code]}
+            for code in Code
+        ],
+    }
 
 
 def render() -> dict[str, str]:
     """File name -> JSON text of each schema."""
     files = {}
-    for name, model in SCHEMA_MODELS.items():
+    for name, model in {**SCHEMA_MODELS, "code": Code}.items():
         schema: dict[str, Any] = (
-            msgspec.json.schema(model)
+            code_schema()
+            if model is Code
+            else msgspec.json.schema(model)
             if isinstance(model, type) and issubclass(model, WriterMessage)
             else TypeAdapter(model).json_schema()
         )

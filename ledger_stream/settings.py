@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ledger_stream.faults import POINTS
+from ledger_stream.messages import AccountLimits
 
 
 class Settings(BaseSettings):
@@ -95,6 +96,26 @@ class Settings(BaseSettings):
         "state there (and at least the last snapshot's size). A restore into an empty store "
         "starts at the latest snapshot; the log before the one before it is deleted where the "
         "broker allows (Apache Kafka; the embedded broker keeps it)",
+    )
+    default_limits: AccountLimits | None = Field(
+        default=None,
+        description="Limits of an account opened without any, as JSON: "
+        '{"transaction_amount_max": 100000, "daily_amount_max": {"withdrawal": 500000}, '
+        '"daily_count_max": {"withdrawal": 4}} (minor units); unset: no limits',
+    )
+    payment_timeout_s: int = Field(
+        default=15 * 60,
+        ge=1,
+        le=10 * 365 * 86_400,
+        description="How long a payment through an external channel waits for confirm_payment "
+        "or fail_payment before its hold expires (a pay_invoice may say otherwise)",
+    )
+    expiry_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="How often the writer looks for holds past their deadline, to send "
+        "expire_hold for them",
     )
     stall_timeout_s: float = Field(
         default=30.0,

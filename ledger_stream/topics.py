@@ -26,6 +26,7 @@ class TopicNames:
     deadletter: str
     state: str
     outcomes: str
+    receipts: str
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TopicNames:
@@ -38,6 +39,7 @@ class TopicNames:
             deadletter=f"{prefix}deadletter",
             state=f"{prefix}state",
             outcomes=f"{prefix}outcomes",
+            receipts=f"{prefix}receipts",
         )
 
 
@@ -71,11 +73,13 @@ def topic_layouts(settings: Settings) -> list[NewTopic]:
         # Compact outcomes, by outcome key: a value once written never changes, so
         # compaction (which keeps the last value of a key) loses nothing here.
         NewTopic(names.outcomes, n, rf, topic_configs={**journal_config, "retention.ms": "-1"}),
+        # Receipts of paid invoices, by invoice id, on the payer's partition; kept forever.
+        NewTopic(names.receipts, n, rf, topic_configs={**journal_config, "retention.ms": "-1"}),
     ]
 
 
 # Partition counts that must equal `partitions`: the writer's tables follow them.
-_COPARTITIONED = ("commands", "legs", "journal", "results", "state", "outcomes")
+_COPARTITIONED = ("commands", "legs", "journal", "results", "state", "outcomes", "receipts")
 
 
 async def ensure_topics(settings: Settings) -> list[str]:

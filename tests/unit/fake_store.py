@@ -1,23 +1,16 @@
-"""A hand-written in-memory store for one partition's writer: prefetch, decide, write back.
+"""A hand-written in-memory store for one partition's writer: decide, write back.
 
-It does what the writer does around the pure core, without Kafka or RocksDB: it asks the core
-which keys a batch reads, maps the keys absent from storage to None, calls `decide` once with
-the partition's journal head and writes `decision.accounts`, `decision.outcomes` and
-`decision.head` back.
+It does what the writer does around the pure core, without Kafka or RocksDB: it calls
+`decide` once with its tables (which `decide` only reads) and the partition's journal head,
+and writes `decision.accounts`, `decision.outcomes` and `decision.head` back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ledger_stream.core import (
-    Decision,
-    Incoming,
-    accounts_to_prefetch,
-    decide,
-    outcomes_to_prefetch,
-)
+from ledger_stream.core import Decision, Incoming, Rules, decide
 from ledger_stream.messages import AccountState, Command, JournalEvent, JournalHead, Leg, Outcome
 
 
@@ -29,24 +22,12 @@ class PartitionStore:
     accounts: dict[str, AccountState] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     head: JournalHead = field(default_factory=JournalHead)
-
-    def prefetch(
-        self, messages: Iterable[Command | Leg]
-    ) -> tuple[dict[str, AccountState | None], dict[str, Outcome | None]]:
-        accounts: dict[str, AccountState | None] = {}
-        outcomes: dict[str, Outcome | None] = {}
-        for message in messages:
-            for name in accounts_to_prefetch(message, self.is_local):
-                accounts[name] = self.accounts.get(name)
-            for key in outcomes_to_prefetch(message):
-                outcomes[key] = self.outcomes.get(key)
-        return accounts, outcomes
+    rules: Rules = field(default_factory=Rules)
 
     def run(self, messages: Sequence[Command | Leg], timestamp_ms: int = 1_000) -> Decision:
         """Decide one batch and write what it changed, as the writer does."""
-        accounts, outcomes = self.prefetch(messages)
         batch = [Incoming(message, timestamp_ms) for message in messages]
-        decision = decide(accounts, outcomes, batch, self.is_local, self.head)
+        decision = decide(self.accounts, self.outcomes, batch, self.is_local, self.head, self.rules)
         self.accounts.update(decision.accounts)
         self.outcomes.update(decision.outcomes)
         self.head = decision.head

@@ -356,7 +356,7 @@ def test_an_account_past_its_floor_is_named() -> None:
     report = audited(build(events))
 
     assert failing_checks(report) == {"floor"}
-    assert "bob (down to -0.60, floor -0.50)" in named(report, "floor")
+    assert "bob (down to -0.60 after wd-2:0, floor -0.50)" in named(report, "floor")
 
 
 def test_an_account_posted_to_but_never_opened_is_named() -> None:

@@ -1,29 +1,25 @@
 """Tables of `decide`: one row per case, rejection codes in the documented precedence order.
 
 Storage is a hand-written in-memory store per partition (`fake_store.PartitionStore`) that
-prefetches with `accounts_to_prefetch`/`outcomes_to_prefetch` and writes back what `decide`
-returns, as the writer does.
+`decide` reads and that takes back what `decide` returns, as the writer does.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
 from fake_store import PartitionStore, event_sum, postings_of
 
-from ledger_stream import core
+from ledger_stream.codes import PRECEDENCE as LEVELS
+from ledger_stream.codes import Code
 from ledger_stream.core import (
-    REASONS,
     Decision,
     Incoming,
-    accounts_to_prefetch,
     compacted,
     decide,
     fingerprint,
     outcome_from_compact,
-    outcomes_to_prefetch,
 )
 from ledger_stream.messages import (
     AccountState,
@@ -42,7 +38,7 @@ from ledger_stream.messages import (
 )
 from ledger_stream.money import AMOUNT_MAX, BALANCE_MAX
 
-# The precedence order the module docstring of ledger_stream.core documents.
+# The precedence order of the codes this file's first tables cover.
 PRECEDENCE = [
     "exists_with_different_payload",
     "account_reserved",
@@ -58,9 +54,6 @@ PRECEDENCE = [
     "insufficient_funds",
     "overflow",
 ]
-
-
-# Commands, built as the intake builds them (amounts in minor units or decimal strings).
 
 
 def open_account(
@@ -200,11 +193,11 @@ def assert_balanced(journal: list[JournalEvent]) -> None:
         assert all(p.debit == 0 or p.credit == 0 for p in event.postings)
 
 
-def test_precedence_table_is_the_order_the_core_documents() -> None:
-    # One code per line: "7.  ``account_not_found`` - ..." (a code added later may be unnumbered)
-    documented = re.findall(r"^(?:\d+\.)?\s+``(\w+)``\s+-", core.__doc__ or "", re.MULTILINE)
-    assert documented == PRECEDENCE
-    assert set(PRECEDENCE) <= set(REASONS)
+def test_the_codes_are_listed_in_their_precedence_and_this_table_follows_it() -> None:
+    levels = [LEVELS[code] for code in Code if LEVELS[code] > 0]
+    assert levels == sorted(levels)
+    assert [code for code in Code if code in PRECEDENCE] == PRECEDENCE
+    assert all(code.reason for code in Code)
 
 
 # Rejections: (case, command, code, later codes that also apply and must lose)
@@ -490,7 +483,7 @@ def test_rejection(case: str, command: Command, code: str, losers: tuple[str, ..
     assert (result.type, result.account, result.reason) == (
         command.type,
         command.account,
-        REASONS[code],
+        Code(code).reason,
     )
     assert decision.journal == []
     assert decision.legs == []
@@ -710,7 +703,7 @@ def test_later_inputs_of_a_batch_see_the_effects_of_earlier_ones() -> None:
     assert set(decision.outcomes) == {f"cmd:b{i}" for i in range(1, 8)}
 
 
-def test_decide_leaves_the_prefetched_mappings_untouched_and_is_deterministic() -> None:
+def test_decide_leaves_the_state_it_reads_untouched_and_is_deterministic() -> None:
     accounts = {"alice": ACCOUNTS["alice"], "bob": ACCOUNTS["bob"]}
     outcomes: dict[str, Any] = {"cmd:c1": None, "cmd:c2": None}
     batch = [
@@ -721,46 +714,6 @@ def test_decide_leaves_the_prefetched_mappings_untouched_and_is_deterministic() 
     assert accounts == {"alice": ACCOUNTS["alice"], "bob": ACCOUNTS["bob"]}
     assert outcomes == {"cmd:c1": None, "cmd:c2": None}
     assert decide(accounts, outcomes, batch, is_local) == first
-
-
-def test_decide_refuses_to_read_an_account_that_was_not_prefetched() -> None:
-    with pytest.raises(AssertionError, match="not prefetched"):
-        decide({}, {"cmd:c1": None}, [Incoming(deposit("alice", 5), 1)], is_local)
-
-
-# Prefetching
-
-
-@pytest.mark.parametrize(
-    ("message", "accounts", "outcomes"),
-    [
-        (deposit("alice", 5), ["alice"], ["cmd:c1"]),
-        (open_account("dan"), ["dan"], ["cmd:c1"]),
-        (close_account("bob"), ["bob"], ["cmd:c1"]),
-        (transfer("alice", "bob", 5), ["alice", "bob"], ["cmd:c1"]),
-        (transfer("alice", "zed", 5), ["alice"], ["cmd:c1"]),
-        (credit_leg(source="zed"), ["bob"], ["leg:credit:t1"]),
-        (
-            credit_leg(destination="zed", type="refund", code="account_closed"),
-            ["alice"],
-            ["cmd:t1"],
-        ),
-        (credit_leg(destination="zed", type="settle"), ["alice"], ["cmd:t1"]),
-    ],
-    ids=[
-        "deposit",
-        "open",
-        "close",
-        "local transfer",
-        "remote transfer",
-        "credit",
-        "refund",
-        "settle",
-    ],
-)
-def test_keys_to_prefetch(message: Any, accounts: list[str], outcomes: list[str]) -> None:
-    assert accounts_to_prefetch(message, is_local) == accounts
-    assert outcomes_to_prefetch(message) == outcomes
 
 
 # Repeats of a command_id
@@ -845,7 +798,7 @@ def test_the_same_command_id_with_another_payload_is_rejected_and_moves_nothing(
     assert result_fields(refused) == [("c1", "rejected", "exists_with_different_payload", False, 3)]
     result = refused.results[0].result
     assert (result.type, result.account) == (conflict.type, conflict.account)
-    assert result.reason == REASONS["exists_with_different_payload"]
+    assert result.reason == Code.EXISTS_WITH_DIFFERENT_PAYLOAD.reason
     assert (refused.journal, refused.legs, refused.accounts, refused.outcomes) == ([], [], {}, {})
     assert (partition.accounts, partition.outcomes) == (accounts, outcomes)
     # The original is still what a repeat of it gets.
@@ -1007,7 +960,7 @@ def test_a_refusing_destination_sends_the_money_back_and_the_transfer_is_rejecte
     refund = source.run(credit.legs, timestamp_ms=3_000)
     assert result_fields(refund) == [("t1", "rejected", code, False, 1)]
     result = refund.results[0].result
-    assert (result.type, result.account, result.reason) == ("transfer", "alice", REASONS[code])
+    assert (result.type, result.account, result.reason) == ("transfer", "alice", Code(code).reason)
     assert [(e.entry_id, e.kind, e.account, e.timestamp_ms) for e in refund.journal] == [
         ("t1:2", "transfer_refund", "alice", 3_000)
     ]
@@ -1364,9 +1317,8 @@ def test_a_returning_leg_that_matches_no_pending_transfer_is_refused(
     source, credit_leg = pending_transfer()
     forged = replaced(credit_leg, **changes)
     accounts, outcomes, head = dict(source.accounts), dict(source.outcomes), source.head
-    prefetched_accounts, prefetched_outcomes = source.prefetch([forged])
     incoming = Incoming(forged, 5_000, "legs/0/3/0")
-    decision = decide(prefetched_accounts, prefetched_outcomes, [incoming], source.is_local, head)
+    decision = decide(source.accounts, source.outcomes, [incoming], source.is_local, head)
     assert [refused for refused, _ in decision.refused] == [incoming]
     assert reason in decision.refused[0][1]
     assert (decision.results, decision.journal, decision.legs) == ([], [], [])
