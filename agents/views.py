@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.writer import Writer
+from ledger_stream.codes import Code
 from ledger_stream.messages import AccountState, as_dict, from_json
 from ledger_stream.partitioning import partition_of
 
@@ -33,7 +34,9 @@ def create_web_app(writer: Writer) -> web.Application:
             return web.json_response(body, status=421)
         raw = log.store.account(account)
         if raw is None:
-            return web.json_response({"error": "account_not_found", "account": account}, status=404)
+            return web.json_response(
+                {"error": Code.ACCOUNT_NOT_FOUND, "account": account}, status=404
+            )
         state = from_json(raw, AccountState)
         body = {"account": account, **as_dict(state)}
         return web.json_response({**body, "balance": state.balance, "available": state.available})

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 from aiokafka.errors import KafkaError
 
+from ledger_stream.codes import Code
 from ledger_stream.core import TRANSIT, WORLD
 from ledger_stream.errors import BrokerUnavailable, ConfigurationError
 from ledger_stream.journal import Books, fold
@@ -640,7 +641,7 @@ def _several_outcomes(results: list[Result]) -> list[Failure]:
     """One command (id and payload) has one outcome: every answer but repeats is the same."""
     groups: dict[tuple[str, str], dict[bytes, Result]] = defaultdict(dict)
     for result in results:
-        if result.duplicate or result.code == "exists_with_different_payload":
+        if result.duplicate or result.code == Code.EXISTS_WITH_DIFFERENT_PAYLOAD:
             continue
         groups[(result.command_id, result.payload_digest or "")][to_json(result)] = result
     names = [

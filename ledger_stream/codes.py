@@ -129,3 +129,11 @@ REFUND_CODES = (
     Code.CURRENCY_MISMATCH,
     Code.OVERFLOW,
 )
+
+
+def table() -> str:
+    """The codes as the README's Markdown table (between its `<!-- codes -->` markers)."""
+    rows = ["| # | code | reason |", "|---|---|---|"]
+    for code in sorted(Code, key=lambda c: (PRECEDENCE[c] == 0, PRECEDENCE[c])):
+        rows.append(f"| {PRECEDENCE[code]} | `{code.value}` | {code.reason} |")
+    return "\n".join(rows) + "\n"

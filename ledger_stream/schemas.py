@@ -14,10 +14,12 @@ from typing import Any
 import msgspec
 from pydantic import TypeAdapter
 
-from ledger_stream.codes import PRECEDENCE, Code
+from ledger_stream.codes import PRECEDENCE, Code, table
 from ledger_stream.messages import SCHEMA_MODELS, WriterMessage
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+README = SCHEMA_DIR.parent / "README.md"
+CODES_START, CODES_END = "<!-- codes -->\n", "<!-- /codes -->\n"
 
 # Which topic carries which message (key, value); documented in each schema's description.
 TOPICS = {
@@ -66,9 +68,16 @@ def render() -> dict[str, str]:
     return files
 
 
+def with_codes_table(readme: str) -> str:
+    """The README with its table of rejection codes rendered from `ledger_stream.codes`."""
+    start = readme.index(CODES_START) + len(CODES_START)
+    return readme[:start] + table() + readme[readme.index(CODES_END, start) :]
+
+
 def write(directory: Path = SCHEMA_DIR) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    written = []
+    README.write_text(with_codes_table(README.read_text()))
+    written = [README]
     for file_name, text in render().items():
         path = directory / file_name
         path.write_text(text)
