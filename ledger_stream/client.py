@@ -196,74 +196,114 @@ class LedgerClient:
             for _, future in waiting:
                 future.cancel()
 
+    # One method per command type. Each takes `command_id` (default: a new uuid4),
+    # `metadata` (string to string, recorded on the journal event and the result) and
+    # `attempts_max` (see `submit`), and returns the result.
+
     async def open_account(
         self,
         account: str,
         currency: str,
         *,
         overdraft_limit: int | str = 0,
-        command_id: str | None = None,
-        attempts_max: int = 1,
+        limits: dict[str, Any] | None = None,
+        **options: Any,
     ) -> Result:
-        return await self._command(
-            "open_account",
-            command_id,
-            attempts_max,
-            account=account,
-            currency=currency,
-            overdraft_limit=overdraft_limit,
-        )
+        fields = {"currency": currency, "overdraft_limit": overdraft_limit, "limits": limits}
+        return await self._command("open_account", account, fields, **options)
+
+    async def set_limits(
+        self,
+        account: str,
+        *,
+        limits: dict[str, Any] | None = None,
+        overdraft_limit: int | None = None,
+        **options: Any,
+    ) -> Result:
+        fields = {"limits": limits, "overdraft_limit": overdraft_limit}
+        return await self._command("set_limits", account, fields, **options)
 
     async def deposit(
-        self,
-        account: str,
-        amount: int | str,
-        currency: str,
-        *,
-        command_id: str | None = None,
-        attempts_max: int = 1,
+        self, account: str, amount: int | str, currency: str, **options: Any
     ) -> Result:
-        return await self._command(
-            "deposit", command_id, attempts_max, account=account, amount=amount, currency=currency
-        )
+        fields = {"amount": amount, "currency": currency}
+        return await self._command("deposit", account, fields, **options)
 
     async def withdraw(
-        self,
-        account: str,
-        amount: int | str,
-        currency: str,
-        *,
-        command_id: str | None = None,
-        attempts_max: int = 1,
+        self, account: str, amount: int | str, currency: str, **options: Any
     ) -> Result:
-        return await self._command(
-            "withdraw", command_id, attempts_max, account=account, amount=amount, currency=currency
-        )
+        fields = {"amount": amount, "currency": currency}
+        return await self._command("withdraw", account, fields, **options)
 
     async def transfer(
+        self, source: str, destination: str, amount: int | str, currency: str, **options: Any
+    ) -> Result:
+        fields = {"destination": destination, "amount": amount, "currency": currency}
+        return await self._command("transfer", source, fields, **options)
+
+    async def close_account(self, account: str, **options: Any) -> Result:
+        return await self._command("close_account", account, {}, **options)
+
+    async def hold(
         self,
         source: str,
         destination: str,
         amount: int | str,
         currency: str,
         *,
-        command_id: str | None = None,
-        attempts_max: int = 1,
+        timeout_s: int | None = None,
+        **options: Any,
     ) -> Result:
-        return await self._command(
-            "transfer",
-            command_id,
-            attempts_max,
-            account=source,
-            destination=destination,
-            amount=amount,
-            currency=currency,
-        )
+        """Reserve `amount`; the result's `command_id` is the hold's id."""
+        fields = {
+            "destination": destination,
+            "amount": amount,
+            "currency": currency,
+            "timeout_s": timeout_s,
+        }
+        return await self._command("hold", source, fields, **options)
 
-    async def close_account(
-        self, account: str, *, command_id: str | None = None, attempts_max: int = 1
+    async def post_hold(
+        self, source: str, hold_id: str, *, amount: int | None = None, **options: Any
     ) -> Result:
-        return await self._command("close_account", command_id, attempts_max, account=account)
+        fields = {"hold_id": hold_id, "amount": amount}
+        return await self._command("post_hold", source, fields, **options)
+
+    async def void_hold(self, source: str, hold_id: str, **options: Any) -> Result:
+        return await self._command("void_hold", source, {"hold_id": hold_id}, **options)
+
+    async def pay_invoice(
+        self,
+        payer: str,
+        payee: str,
+        invoice_id: str,
+        amount: int | str,
+        currency: str,
+        *,
+        channel: str = "ledger",
+        timeout_s: int | None = None,
+        **options: Any,
+    ) -> Result:
+        fields = {
+            "destination": payee,
+            "invoice_id": invoice_id,
+            "amount": amount,
+            "currency": currency,
+            "channel": channel,
+            "timeout_s": timeout_s,
+        }
+        return await self._command("pay_invoice", payer, fields, **options)
+
+    async def confirm_payment(self, payer: str, invoice_id: str, **options: Any) -> Result:
+        return await self._command("confirm_payment", payer, {"invoice_id": invoice_id}, **options)
+
+    async def fail_payment(self, payer: str, invoice_id: str, **options: Any) -> Result:
+        return await self._command("fail_payment", payer, {"invoice_id": invoice_id}, **options)
+
+    async def reverse(self, account: str, target: str, **options: Any) -> Result:
+        """Reverse the command `target`; `account` is the one the money comes back from (a
+        deposit's account, a transfer's or payment's destination, a withdrawal's account)."""
+        return await self._command("reverse", account, {"target": target}, **options)
 
     async def submit(self, command: Command, *, attempts_max: int = 1) -> Result:
         """Publish a command and wait for its result, up to `timeout_s` per attempt.
@@ -381,11 +421,26 @@ class LedgerClient:
         return failure
 
     async def _command(
-        self, kind: str, command_id: str | None, attempts_max: int, **fields: Any
+        self,
+        kind: str,
+        account: str,
+        fields: dict[str, Any],
+        *,
+        command_id: str | None = None,
+        metadata: dict[str, str] | None = None,
+        attempts_max: int = 1,
     ) -> Result:
-        fields["command_id"] = command_id or uuid.uuid4().hex
-        fields["reply_partition"] = self.reply_partition
-        command = COMMAND_ADAPTER.validate_python({"type": kind, **fields})
+        given = {name: value for name, value in fields.items() if value is not None}
+        command = COMMAND_ADAPTER.validate_python(
+            {
+                "type": kind,
+                "command_id": command_id or uuid.uuid4().hex,
+                "account": account,
+                "reply_partition": self.reply_partition,
+                "metadata": metadata,
+                **given,
+            }
+        )
         return await self.submit(command, attempts_max=attempts_max)
 
     def _enqueue(self, account: str, value: bytes, waiter: _Waiter | None) -> None:

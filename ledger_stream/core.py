@@ -926,6 +926,7 @@ def _pay_out(
         reply_partition=command.reply_partition,
         payload_digest=digest,
         command=command.type,
+        metadata=command.metadata,
     )
     # The result comes from the destination's writer, once the money has landed.
     return Outputs(journal=[replaced(event, postings=postings)], legs=[leg])
@@ -1325,6 +1326,7 @@ def _accepted(
         payload_digest=digest,
         amount=amount,
         destination=destination,
+        metadata=command.metadata,
     )
 
 
@@ -1339,6 +1341,7 @@ def _rejected(command: Command, check: Code | Refusal, digest: str) -> Result:
         reason=refusal.reason or refusal.code.reason,
         payload_digest=digest,
         limit=refusal.limit,
+        metadata=command.metadata,
     )
 
 
@@ -1358,4 +1361,5 @@ def _leg_result(leg: Leg, status: Literal["accepted", "rejected"], code: Code | 
         payload_digest=leg.payload_digest,
         amount=leg.amount if accepted else None,
         destination=leg.destination if accepted else None,
+        metadata=leg.metadata,
     )

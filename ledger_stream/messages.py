@@ -298,10 +298,13 @@ class Leg(WriterMessage, frozen=True):
     command: Annotated[
         str, Meta(description="Type of the command that sent the money (its result's type)")
     ] = "transfer"
+    metadata: Annotated[
+        dict[str, str] | None, Meta(description="The command's, for its result")
+    ] = None
 
     def fingerprint_fields(self) -> dict[str, Any]:
         fields = msgspec.structs.asdict(self)
-        del fields["reply_partition"]
+        del fields["reply_partition"], fields["metadata"]
         return fields
 
     @property
@@ -358,6 +361,7 @@ class Result(WriterMessage, frozen=True):
     amount: Annotated[int | None, Meta(description="What the command moved or held")] = None
     destination: str | None = None
     limit: LimitBreach | None = None
+    metadata: Annotated[dict[str, str] | None, Meta(description="The command's")] = None
 
 
 class Posting(WriterMessage, frozen=True, omit_defaults=False):
