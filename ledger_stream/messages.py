@@ -477,8 +477,9 @@ class Hold(WriterMessage, frozen=True):
     destination: str
     amount: int
     currency: str
-    # returned: posted, then refused by its destination's writer (the money came back)
-    status: Literal["pending", "posted", "voided", "expired", "returned"] = "pending"
+    # posting: posted across partitions, the money on its way; returned: posted, then
+    # refused by its destination's writer (the money came back)
+    status: Literal["pending", "posting", "posted", "voided", "expired", "returned"] = "pending"
     posted: int = 0
     deadline_ms: Annotated[int | None, Meta(description="Expires at this record time")] = None
     invoice_id: Annotated[str | None, Meta(description="The invoice it pays, if any")] = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,6 +45,12 @@ def new_ledger(broker: EmbeddedBroker) -> Settings:
 def ledger(broker: EmbeddedBroker) -> Settings:
     """A ledger (own topic prefix, topics created) for one test."""
     return new_ledger(broker)
+
+
+@pytest.fixture
+def make_ledger(broker: EmbeddedBroker) -> Callable[[], Settings]:
+    """Makes ledgers (own topic prefix, topics created), as many as a test needs."""
+    return lambda: new_ledger(broker)
 
 
 @pytest.fixture(scope="module")
