@@ -617,8 +617,7 @@ def _hold(
 ) -> Outputs:
     """Reserve the amount: pending debits on the source, pending credits on a local
     destination (else on @transit), so the available balance drops and the posted does not."""
-    if invoice is None:  # an invoice payment counted its use already
-        _use(state, command.account, "transfer_out", command.amount, ts)
+    _use(state, command.account, "transfer_out", command.amount, ts)
     amount = command.amount
     state.change(command.account, debits_pending=amount)
     counter = TRANSIT
@@ -665,7 +664,9 @@ def _post_hold(state: _State, command: PostHold, ts: int, digest: str) -> Output
 def _void_hold(state: _State, command: VoidHold | ExpireHold, ts: int, digest: str) -> Outputs:
     found = _find_hold(state, command.account, command.hold_id)
     expiring = isinstance(command, ExpireHold)
-    check = _check_reserved(command.account) or _check_hold(found, ts, expiring=expiring)
+    check = _check_reserved(command.account) or _check_hold(
+        found, ts, expiring=expiring, voiding=not expiring
+    )
     if check is not None:
         return _refused(command, check, digest)
     assert found is not None
@@ -864,8 +865,11 @@ def _original(state: _State, account: str, target: str) -> Outcome | None:
         if found is None or found.result is None:
             continue
         result = found.result
-        side = result.account if result.type in ("deposit", "withdraw") else result.destination
-        if side == account or (result.type == "reverse" and result.account == account):
+        if result.status == "accepted" and result.type in REVERSIBLE:
+            side = result.account if result.type in ("deposit", "withdraw") else result.destination
+        else:  # not reversible (found, to say so) from either side
+            side = account if account in (result.account, result.destination) else None
+        if side == account:
             return found
     return None
 
@@ -1056,6 +1060,21 @@ def _use(state: _State, name: str, action: Action, amount: int, ts: int) -> None
     amounts[action] = amounts.get(action, 0) + amount
     counts[action] = counts.get(action, 0) + 1
     state.put(name, replaced(account, day=day, used_amount=amounts, used_count=counts))
+
+
+def _unuse(state: _State, name: str, action: Action, amount: int, ts: int) -> None:
+    """Take back what a command counted (a transfer its destination refused: a rejection
+    counts toward nothing), while the account is still in the day it counted toward. A
+    record stamped before that day counted toward a later one, which cannot be told from a
+    day that has passed since: it stays counted, which errs on the side of the limit."""
+    account = state.account(name)
+    assert account is not None
+    if account.limits is None or ts // DAY_MS != account.day:
+        return
+    amounts, counts = dict(account.used_amount), dict(account.used_count)
+    amounts[action] = max(amounts.get(action, 0) - amount, 0)
+    counts[action] = max(counts.get(action, 0) - 1, 0)
+    state.put(name, replaced(account, used_amount=amounts, used_count=counts))
 
 
 def _limits(given: AccountLimits) -> Limits:
@@ -1272,6 +1291,8 @@ def _finish_at_source(
             entry_ids=[sent.entry_id, f"{leg.transfer_id}:1"],
             timestamp_ms=incoming.timestamp_ms,
         )
+    if not landed and sent.kind in ("transfer_debit", "invoice_payment"):
+        _unuse(state, leg.source, "transfer_out", leg.amount, sent.timestamp_ms)
     if landed and sent.invoice_id is not None:
         claim = invoice_key(leg.source, sent.invoice_id)
         state.put_outcome(claim, _paid_claim(state, claim, result))

@@ -8,9 +8,7 @@ account (`Leg.account`) until none is left, unless a step says to keep them in f
 decision's journal events are checked to balance as they are made.
 
 The README's sections "Limits", "Holds (two-phase transfers)", "Invoice payments",
-"Reversals" and "Rejection codes, in precedence order" are the specification. A row that the
-core answers otherwise than the README says is kept and marked `xfail(strict=True)` with the
-discrepancy as its reason.
+"Reversals" and "Rejection codes, in precedence order" are the specification.
 """
 
 from __future__ import annotations
@@ -330,19 +328,11 @@ class Row:
     amount: int | None = None  # an accepted result's amount
     duplicate: bool = False
     rules: Rules = field(default_factory=Rules)
-    bug: str | None = None  # the core disagrees with the README: xfail(strict)
 
 
 def params(rows: Sequence[Row]) -> list[Any]:
-    """The rows as pytest parameters; a row with a `bug` is a strict xfail."""
-    return [
-        pytest.param(
-            row,
-            id=row.case,
-            marks=[pytest.mark.xfail(strict=True, reason=row.bug)] if row.bug else [],
-        )
-        for row in rows
-    ]
+    """The rows as pytest parameters."""
+    return [pytest.param(row, id=row.case) for row in rows]
 
 
 def money_view(accounts: dict[str, AccountState]) -> dict[str, tuple[int, ...]]:
@@ -608,8 +598,6 @@ LIMIT_ROWS: list[Row] = [
         xfer("x", "lim", "bob", 1),
         "limit_exceeded",
         limit=("daily_count_max.transfer_out", 1, 1, 1),
-        bug="pay_invoice through an external channel is checked against the transfer_out "
-        "limits but never counted (_pay_invoice skips _use and _hold skips it for invoices)",
     ),
     Row(
         "an invoice payment is refused past the transfer-out count",
@@ -635,9 +623,6 @@ LIMIT_ROWS: list[Row] = [
         "a transfer refused by its destination's writer counts toward nothing",
         (*limited(TRANSFER_OUT_ONCE), no(xfer("t1", "lim", "zgone", 10), "account_not_found")),
         xfer("x", "lim", "bob", 1),
-        bug="a cross-partition transfer refunded by its destination (result rejected) stays "
-        "counted toward the source's daily limits; README: a rejected command counts toward "
-        "nothing",
     ),
     # Precedence around limit_exceeded.
     Row(
@@ -916,10 +901,6 @@ HOLD_ROWS: list[Row] = [
         (H1,),
         void("v1", "alice", "h1"),
         ts=DEADLINE,
-        bug="void_hold past its deadline (not yet expired) is refused hold_expired: _void_hold "
-        "calls _check_hold without voiding=True, though _check_hold says 'a void releases it "
-        "either way' and the README refuses only posting after the deadline (fail_payment "
-        "in the same state is accepted)",
     ),
     Row(
         "expire before the deadline",
@@ -1878,10 +1859,6 @@ REVERSAL_ROWS: list[Row] = [
         (ok(open_("o1", "dan")),),
         rev("r1", "dan", "o1"),
         "not_reversible",
-        bug="README (Reversals): 'anything else (a rejected command, a hold, an account "
-        "command) with not_reversible'; the core answers original_not_found for an "
-        "open_account, since _original only finds commands whose account or destination "
-        "is the reversing account",
     ),
     Row(
         "reverse an unknown command",
@@ -2108,7 +2085,7 @@ def test_row_cases_are_unique() -> None:
 
 def test_every_code_of_the_core_is_produced_by_a_row_here_or_in_test_core() -> None:
     core = {code.value for code in Code if PRECEDENCE[code] > 0}
-    here = {row.code for row in ALL_ROWS if row.code is not None and row.bug is None}
+    here = {row.code for row in ALL_ROWS if row.code is not None}
     there = {code for _, _, code, _ in REJECTED}
     assert here | there == core, {"missing": core - here - there, "not core": here - core}
     # Every code that only the new rules can produce has a row here.
