@@ -2,10 +2,12 @@
 until each has a result, and the checks every case ends with (the ledger quiet, the audit
 clean, the journal equal to what the accepted results say, each commit by its owner).
 
-The load is a mix of deposits, withdrawals and transfers over accounts on every partition,
-so most transfers cross partitions and some run out of funds. Outcomes depend on the order
-the writers see commands, so what the books must hold is computed from the results the
-client receives: a sum of accepted movements does not depend on the order.
+The load is a mix of every command that moves money — deposits, withdrawals, transfers,
+holds posted (in part) or voided, invoice payments through the ledger and through a card
+gateway (confirmed or failed), and reversals of earlier commands — over accounts on every
+partition, so most of it crosses partitions and some runs out of funds. Outcomes depend on
+the order the writers see commands, so what the books must hold is computed from the results
+the client receives: a sum of accepted movements does not depend on the order.
 """
 
 from __future__ import annotations
@@ -29,17 +31,24 @@ from worker_harness import Workers, polled, until
 
 from ledger_stream.audit import audit
 from ledger_stream.client import LedgerClient
-from ledger_stream.core import REFUND_CODES
+from ledger_stream.codes import REFUND_CODES, Code
 from ledger_stream.journal import fold, read_journal
 from ledger_stream.kafka.reading import read_topic, reader, true_ends
 from ledger_stream.local import WorkerProcess
 from ledger_stream.messages import (
     COMMAND_ADAPTER,
     Command,
+    ConfirmPayment,
     Deposit,
+    FailPayment,
+    PayInvoice,
+    PlaceHold,
+    PostHold,
     Result,
+    Reverse,
     StateRecord,
     Transfer,
+    VoidHold,
     Withdraw,
     from_json,
 )
@@ -125,25 +134,118 @@ def new_command(
     return command(type=kind, command_id=command_id(rng, kind), account=account, **fields)
 
 
-def random_commands(rng: random.Random, accounts: Sequence[str], count: int) -> list[Command]:
-    """Transfers (most of them across partitions), withdrawals and deposits; amounts large
-    enough that some debits find too little money."""
-    commands = []
-    for _ in range(count):
+# The rejections the load may meet between open accounts of one currency: too little money,
+# and the second command of a pair whose first was refused (a hold, a payment) or that names
+# what was done already or is under way (an invoice paid, a command reversed).
+LOAD_CODES = (
+    Code.INSUFFICIENT_FUNDS,
+    Code.HOLD_NOT_FOUND,
+    Code.PAYMENT_NOT_FOUND,
+    Code.INVOICE_ALREADY_PAID,
+    Code.INVOICE_PAYMENT_PENDING,
+    Code.ALREADY_REVERSED,
+)
+
+
+def random_commands(
+    rng: random.Random,
+    accounts: Sequence[str],
+    count: int,
+    done: Sequence[Command] = (),
+) -> list[Command]:
+    """About `count` commands of every kind that moves money; amounts large enough that some
+    debits find too little money. A hold comes with its post or void, a card payment with its
+    confirmation or failure, after it (same account, same partition, in order); reversals
+    pick from `done`, commands accepted before."""
+    commands: list[Command] = []
+    reversible = [
+        c
+        for c in done
+        if isinstance(c, (Deposit, Withdraw, Transfer))
+        or (isinstance(c, PayInvoice) and c.channel == "ledger")
+    ]
+    while len(commands) < count:
         source, destination = rng.sample(list(accounts), 2)
         roll = rng.random()
-        common = {"account": source, "currency": CURRENCY}
-        if roll < 0.55:
-            fields = {"type": "transfer", "destination": destination}
-            amount = rng.randint(1, 15_000)
-        elif roll < 0.8:
-            fields, amount = {"type": "withdraw"}, rng.randint(1, 10_000)
-        else:
-            fields, amount = {"type": "deposit"}, rng.randint(1, 8_000)
-        kind = str(fields["type"])
-        commands.append(
-            command(command_id=command_id(rng, kind), amount=amount, **common, **fields)
-        )
+        amount = rng.randint(1, 12_000)
+        if roll < 0.40:
+            commands.append(
+                new_command(rng, "transfer", source, destination=destination, amount=amount)
+            )
+        elif roll < 0.55:
+            commands.append(new_command(rng, "withdraw", source, amount=amount))
+        elif roll < 0.65:
+            commands.append(new_command(rng, "deposit", source, amount=rng.randint(1, 8_000)))
+        elif roll < 0.77:
+            hold = new_command(rng, "hold", source, destination=destination, amount=amount)
+            if rng.random() < 0.7:
+                part = rng.randint(1, amount)
+                then = command(
+                    type="post_hold",
+                    command_id=command_id(rng, "post"),
+                    account=source,
+                    hold_id=hold.command_id,
+                    amount=part,
+                )
+            else:
+                then = command(
+                    type="void_hold",
+                    command_id=command_id(rng, "void"),
+                    account=source,
+                    hold_id=hold.command_id,
+                )
+            commands += [hold, then]
+        elif roll < 0.85:
+            invoice = f"inv-{rng.getrandbits(32):08x}"
+            pay = new_command(
+                rng,
+                "pay_invoice",
+                source,
+                destination=destination,
+                amount=amount,
+                invoice_id=invoice,
+            )
+            commands.append(pay)
+            if rng.random() < 0.3:  # paid again, under another command id
+                commands.append(
+                    new_command(
+                        rng,
+                        "pay_invoice",
+                        source,
+                        destination=destination,
+                        amount=amount,
+                        invoice_id=invoice,
+                    )
+                )
+        elif roll < 0.92:
+            invoice = f"inv-{rng.getrandbits(32):08x}"
+            pay = new_command(
+                rng,
+                "pay_invoice",
+                source,
+                destination=destination,
+                amount=amount,
+                invoice_id=invoice,
+                channel="card",
+            )
+            answer = "confirm_payment" if rng.random() < 0.7 else "fail_payment"
+            then = command(
+                type=answer, command_id=command_id(rng, answer), account=source, invoice_id=invoice
+            )
+            commands += [pay, then]
+        elif reversible:
+            target = rng.choice(reversible)
+            by = (
+                target.destination if isinstance(target, (Transfer, PayInvoice)) else target.account
+            )
+            commands.append(
+                command(
+                    type="reverse",
+                    command_id=command_id(rng, "reverse"),
+                    account=by,
+                    target=target.command_id,
+                )
+            )
     return commands
 
 
@@ -152,33 +254,62 @@ class Expected:
     """What the accepted results add up to: balances, and the journal entries they post."""
 
     partitions: int
+    commands: dict[str, Command]
     balances: Counter[str] = field(default_factory=Counter)
     entry_ids: set[str] = field(default_factory=set)
-    # Rejected transfers across partitions: refused by the destination (debited, then
-    # refunded: entries :0 and :2, nothing moved in all) or by the source (no entry).
+    # Rejected commands whose money crossed partitions and came back (debited, then
+    # refunded: entries :0 and :2, nothing moved in all), or were refused at the source.
     maybe_refunded: set[str] = field(default_factory=set)
 
     def apply(self, command: Command, result: Result) -> None:
         assert result.command_id == command.command_id, (command, result)
-        refusable = isinstance(command, Transfer) and self.crosses(command)
-        if refusable and result.status == "rejected" and result.code in REFUND_CODES:
+        moving = self.movement(command, result)
+        refused = result.status == "rejected" and result.code in REFUND_CODES
+        if moving is not None and refused and self.crosses(*moving[:2]):
             self.maybe_refunded.add(command.command_id)
-        if result.status != "accepted" or not isinstance(command, (Deposit, Withdraw, Transfer)):
+        if result.status != "accepted":
             return
+        if isinstance(command, (PlaceHold, VoidHold, FailPayment)) or (
+            isinstance(command, PayInvoice) and command.channel != "ledger"
+        ):
+            self.entry_ids.add(f"{command.command_id}:0")  # reserved or released: no movement
+            return
+        if moving is None:
+            return
+        source, destination, amount = moving
         self.entry_ids.add(f"{command.command_id}:0")
-        if isinstance(command, Deposit):
-            self.balances[command.account] += command.amount
-        elif isinstance(command, Withdraw):
-            self.balances[command.account] -= command.amount
-        elif isinstance(command, Transfer):
-            self.balances[command.account] -= command.amount
-            self.balances[command.destination] += command.amount
-            if self.crosses(command):
-                self.entry_ids.add(f"{command.command_id}:1")
+        self.balances[source] -= amount
+        self.balances[destination] += amount
+        if self.crosses(source, destination):
+            self.entry_ids.add(f"{command.command_id}:1")
 
-    def crosses(self, transfer: Transfer) -> bool:
+    def movement(self, command: Command, result: Result) -> tuple[str, str, int] | None:
+        """(from, to, amount) of what the command moves when accepted; @world outside."""
+        if isinstance(command, Deposit):
+            return "@world", command.account, command.amount
+        if isinstance(command, Withdraw):
+            return command.account, "@world", command.amount
+        if isinstance(command, (Transfer, PayInvoice)):
+            return command.account, command.destination, command.amount
+        if isinstance(command, (PostHold, ConfirmPayment)):
+            if result.status != "accepted":  # where it would have gone: the result says not
+                return None
+            assert result.destination is not None and result.amount is not None
+            return command.account, result.destination, result.amount
+        if isinstance(command, Reverse):
+            target = self.commands[command.target]
+            back = self.movement(target, result)
+            if back is None:
+                return None
+            source, destination, amount = back
+            return destination, source, amount
+        return None
+
+    def crosses(self, one: str, other: str) -> bool:
+        if "@world" in (one, other):
+            return False
         n = self.partitions
-        return partition_of(transfer.account, n) != partition_of(transfer.destination, n)
+        return partition_of(one, n) != partition_of(other, n)
 
 
 class Load:
@@ -187,8 +318,8 @@ class Load:
 
     def __init__(self, settings: Settings, client: LedgerClient) -> None:
         self.client = client
-        self.expected = Expected(settings.partitions)
         self.commands: dict[str, Command] = {}
+        self.expected = Expected(settings.partitions, self.commands)
         self.results: dict[str, Result] = {}
         self.chunks_done = 0
 
@@ -246,12 +377,14 @@ class Load:
     ) -> None:
         """Chunks of random commands, one chunk after the other (all of a chunk in flight at
         once), until `stop` is set or `chunks_max` chunks are done. Between accounts that are
-        all open in one currency, the only rejection is `insufficient_funds`."""
+        all open in one currency, the only rejections are `LOAD_CODES`."""
         assert stop is not None or chunks_max is not None, "the load needs an end"
         done = 0
         while not (stop is not None and stop.is_set()) and done != chunks_max:
-            for result in await self.submit(random_commands(rng, accounts, chunk_size)):
-                assert result.status == "accepted" or result.code == "insufficient_funds", result
+            accepted = [self.commands[c] for c, r in self.results.items() if r.status == "accepted"]
+            chunk = random_commands(rng, accounts, chunk_size, accepted)
+            for result in await self.submit(chunk):
+                assert result.status == "accepted" or result.code in LOAD_CODES, result
             done += 1
             self.chunks_done += 1
 
