@@ -2,8 +2,9 @@
 
 Starts what it needs (embedded broker, workers), opens and funds accounts, publishes
 transfers through LedgerClient (same- and cross-partition, some invalid, some repeated),
-then reads the journal back, checks it against what the results said, and audits the
-ledger (`ledger-stream audit`).
+walks through the rules (limits, holds, invoice payments, reversals), then reads the journal
+back, checks it against what the results said, and audits the ledger (`ledger-stream
+audit`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ledger_stream.journal import Books, fold, read_journal
 from ledger_stream.local import start_local_ledger
 from ledger_stream.messages import Result
 from ledger_stream.money import format_amount
+from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
 from ledger_stream.topics import TopicNames
 
@@ -120,12 +122,13 @@ async def _drive(
         started = time.monotonic()
         await _run_transfers(client, plan, tally, say)
         elapsed = time.monotonic() - started
+        rules_ok = await _walk_through_rules(client, settings.partitions, tally, say)
     books = await _settled_books(settings, tally)
     say("auditing the ledger (ledger-stream audit)")
     audited = await audit(settings)
     for failure in audited.failures:
         say(f"  {failure.line()}")
-    report = _report(args, settings, tally, books, elapsed, dead_letters, audited.ok, say)
+    report = _report(args, settings, tally, books, elapsed, dead_letters, audited.ok, rules_ok, say)
     report["audit"] = audited.as_dict()
     return report
 
@@ -188,6 +191,115 @@ async def _run_transfers(
     say(f"  {done}/{len(plan)} decided")
 
 
+async def _walk_through_rules(
+    client: LedgerClient, partitions: int, tally: Tally, say: Callable[[str], None]
+) -> bool:
+    """Limits, holds, invoice payments and reversals on three accounts of one partition,
+    each step's answer checked against what the README says it must be."""
+    payer, shop, other = (_on_first_partition(f"rules-{role}", partitions) for role in "psx")
+    # One partition: the transfers of the main run are counted by their journal events.
+    for account in (payer, shop, other):
+        tally.currency_of[account] = "USD"
+    say("walking through the rules (limits, holds, invoice payments, reversals)")
+    limits = {"daily_count_max": {"withdrawal": 2}, "transaction_amount_max": 50_000}
+    await client.open_account(payer, "USD", limits=limits)
+    await client.open_account(shop, "USD")
+    await client.open_account(other, "USD")
+    funded = await client.deposit(payer, 50_000, "USD")
+    tally.record(funded, (WORLD, payer, 50_000), funding=True)
+    steps: list[tuple[str, Result, str | None]] = []
+
+    async def step(
+        what: str, result: Result, expected: str | None, move: tuple[str, str, int] | None
+    ) -> Result:
+        tally.record(result, move, funding=True)
+        steps.append((what, result, expected))
+        return result
+
+    await step("withdraw 1.00", await client.withdraw(payer, 100, "USD"), None, (payer, WORLD, 100))
+    await step(
+        "withdraw 1.00, the second of two a day",
+        await client.withdraw(payer, 100, "USD"),
+        None,
+        (payer, WORLD, 100),
+    )
+    await step(
+        "withdraw 1.00, a third", await client.withdraw(payer, 100, "USD"), "limit_exceeded", None
+    )
+    await step(
+        "deposit 500.01, over the transaction maximum",
+        await client.deposit(payer, 50_001, "USD"),
+        "limit_exceeded",
+        None,
+    )
+    hold = await step(
+        "hold 300.00 for the shop", await client.hold(payer, shop, 30_000, "USD"), None, None
+    )
+    await step(
+        "post 120.00 of it (180.00 released)",
+        await client.post_hold(payer, hold.command_id, amount=12_000),
+        None,
+        (payer, shop, 12_000),
+    )
+    await step(
+        "post it again", await client.post_hold(payer, hold.command_id), "hold_already_posted", None
+    )
+    voided = await step("hold 50.00", await client.hold(payer, other, 5_000, "USD"), None, None)
+    await step("void it", await client.void_hold(payer, voided.command_id), None, None)
+    await step(
+        "post the voided hold",
+        await client.post_hold(payer, voided.command_id),
+        "hold_voided",
+        None,
+    )
+    paid = await step(
+        "pay invoice INV-1 (80.00) through the ledger",
+        await client.pay_invoice(payer, shop, "INV-1", 8_000, "USD"),
+        None,
+        (payer, shop, 8_000),
+    )
+    await step(
+        "pay INV-1 again, another command id",
+        await client.pay_invoice(payer, shop, "INV-1", 8_000, "USD"),
+        "invoice_already_paid",
+        None,
+    )
+    await step(
+        "pay invoice INV-2 (25.00) by card: a hold",
+        await client.pay_invoice(payer, shop, "INV-2", 2_500, "USD", channel="card"),
+        None,
+        None,
+    )
+    await step(
+        "the gateway confirms INV-2",
+        await client.confirm_payment(payer, "INV-2"),
+        None,
+        (payer, shop, 2_500),
+    )
+    await step(
+        "reverse the payment of INV-1 (by the shop)",
+        await client.reverse(shop, paid.command_id),
+        None,
+        (shop, payer, 8_000),
+    )
+    await step(
+        "reverse it again", await client.reverse(shop, paid.command_id), "already_reversed", None
+    )
+    ok = True
+    for what, result, expected in steps:
+        right = result.code == expected and (result.status == "accepted") == (expected is None)
+        ok = ok and right
+        answer = result.status + (f" ({result.code})" if result.code else "")
+        say(f"  [{'ok' if right else 'FAILED'}] {what}: {answer}")
+    return ok
+
+
+def _on_first_partition(stem: str, partitions: int) -> str:
+    return next(
+        f"{stem}-{i}" for i in range(10_000) if partition_of(f"{stem}-{i}", partitions) == 0
+    )
+
+
 async def _progress(
     done: Callable[[], int], total: int, started: float, say: Callable[[str], None]
 ) -> None:
@@ -225,6 +337,7 @@ def _report(
     elapsed: float,
     dead_letters: int,
     audit_ok: bool,
+    rules_ok: bool,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     negative = [a for a, c in tally.currency_of.items() if books.balance(a, c) < 0]
@@ -239,6 +352,7 @@ def _report(
         "no_account_overdrawn": not negative,
         "each_accepted_transfer_posted_once": transfer_events == tally.transfers_accepted,
         "audit_clean": audit_ok,
+        "rules_as_documented": rules_ok,
     }
     transfers_sent = sum(tally.codes.values())
     rate = transfers_sent / elapsed if elapsed else 0.0
