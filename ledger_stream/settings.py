@@ -29,7 +29,7 @@ class Settings(BaseSettings):
         default=8,
         ge=1,
         le=1024,
-        description="Partitions of commands, legs, journal, results, state and outcomes",
+        description="Partitions of commands, legs, journal, results, state, outcomes and receipts",
     )
     replication_factor: int = Field(default=1, ge=1, le=16)
     data_dir: Path = Field(
