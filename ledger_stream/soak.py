@@ -1,10 +1,12 @@
 """`ledger-stream soak`: load, crashes and rebalances for a while, then an audit of the books.
 
-Two workers share the ledger. While a client keeps transfers, deposits and withdrawals
-flowing, a seeded schedule hits the workers: SIGKILL (restarted with its state kept or
-wiped), SIGTERM and restart (a rebalance), SIGSTOP past the session timeout and SIGCONT.
-When time is up the faults stop, every worker is brought back, every command is waited for
-(re-submitted with the same id after a timeout, which is safe), and `audit` reads the books.
+Two workers share the ledger. While a client keeps every kind of command flowing (transfers,
+deposits, withdrawals, holds posted in part, voided or left to expire, invoice payments
+through the ledger and by card, confirmed or failed and some paid twice, and reversals), a
+seeded schedule hits the workers: SIGKILL (restarted with its state kept or wiped), SIGTERM
+and restart (a rebalance), SIGSTOP past the session timeout and SIGCONT. When time is up the
+faults stop, every worker is brought back, every command is waited for (re-submitted with
+the same id after a timeout, which is safe), and `audit` reads the books.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ledger_stream.audit import audit
 from ledger_stream.client import LedgerClient
 from ledger_stream.errors import ResultTimeout, SendFailed
 from ledger_stream.local import LocalLedger, WorkerProcess, start_local_ledger
-from ledger_stream.messages import COMMAND_ADAPTER
+from ledger_stream.messages import COMMAND_ADAPTER, Result
 
 ACCOUNTS = 200
 OPENING_BALANCE = 1_000_000
@@ -89,8 +91,10 @@ async def _soak(
         fetch_wait_ms=settings.fetch_wait_ms,
     ) as client:
         say(f"opening and funding {len(accounts)} accounts")
-        await asyncio.gather(*(_submit(client, tally, "open_account", a) for a in accounts))
-        await asyncio.gather(*(_submit(client, tally, "deposit", a) for a in accounts))
+        opening = {"type": "open_account", "currency": CURRENCY}
+        await asyncio.gather(*(_submit(client, tally, a, opening) for a in accounts))
+        funding = {"type": "deposit", "amount": OPENING_BALANCE, "currency": CURRENCY}
+        await asyncio.gather(*(_submit(client, tally, a, funding) for a in accounts))
         deadline = time.monotonic() + duration_s
         load = asyncio.create_task(_load(client, tally, accounts, rng, deadline))
         await _faults(ledger, tally, rng, deadline, say)
@@ -121,14 +125,7 @@ async def _load(
     pending: set[asyncio.Task[None]] = set()
     while time.monotonic() < deadline:
         source, destination = rng.sample(accounts, 2)
-        roll = rng.random()
-        if roll < 0.7:
-            work = _submit(client, tally, "transfer", source, destination, rng.randint(1, 50_000))
-        elif roll < 0.85:
-            work = _submit(client, tally, "withdraw", source, None, rng.randint(1, 20_000))
-        else:
-            work = _submit(client, tally, "deposit", source, None, rng.randint(1, 20_000))
-        task = asyncio.create_task(work)
+        task = asyncio.create_task(_scenario(client, tally, rng, source, destination))
         pending.add(task)
         task.add_done_callback(pending.discard)
         if len(pending) >= IN_FLIGHT_MAX:
@@ -137,31 +134,79 @@ async def _load(
         await asyncio.wait(pending)
 
 
-async def _submit(
-    client: LedgerClient,
-    tally: Tally,
-    kind: str,
-    account: str,
-    destination: str | None = None,
-    amount: int = OPENING_BALANCE,
+async def _scenario(
+    client: LedgerClient, tally: Tally, rng: random.Random, source: str, destination: str
 ) -> None:
+    """One command, or a few that follow each other (a hold and its end, a payment and its
+    gateway's answer, a transfer and its reversal), each waiting for the one before."""
+    usd = {"currency": CURRENCY}
+    roll = rng.random()
+    if roll < 0.6:
+        move = {"type": "transfer", "destination": destination, **usd}
+        await _submit(client, tally, source, {**move, "amount": rng.randint(1, 50_000)})
+    elif roll < 0.7:
+        await _submit(
+            client, tally, source, {"type": "withdraw", "amount": rng.randint(1, 20_000), **usd}
+        )
+    elif roll < 0.78:
+        await _submit(
+            client, tally, source, {"type": "deposit", "amount": rng.randint(1, 20_000), **usd}
+        )
+    elif roll < 0.86:
+        amount = rng.randint(1, 50_000)
+        hold = {"type": "hold", "destination": destination, "amount": amount, "timeout_s": 3, **usd}
+        held = await _submit(client, tally, source, hold)
+        end = rng.random()
+        if held is None or end < 0.2:  # left to expire, by the worker's timer
+            return
+        if end < 0.7:
+            post = {
+                "type": "post_hold",
+                "hold_id": held.command_id,
+                "amount": rng.randint(1, amount),
+            }
+            await _submit(client, tally, source, post)
+        else:
+            await _submit(client, tally, source, {"type": "void_hold", "hold_id": held.command_id})
+    elif roll < 0.95:
+        invoice = f"inv-{uuid.uuid4().hex[:12]}"
+        pay = {"type": "pay_invoice", "destination": destination, "invoice_id": invoice, **usd}
+        pay["amount"] = rng.randint(1, 30_000)
+        if rng.random() < 0.5:
+            await _submit(client, tally, source, pay)
+            if rng.random() < 0.3:  # paid again: refused, moves nothing
+                await _submit(client, tally, source, pay)
+            return
+        if await _submit(client, tally, source, {**pay, "channel": "card"}) is None:
+            return
+        answer = "confirm_payment" if rng.random() < 0.7 else "fail_payment"
+        await _submit(client, tally, source, {"type": answer, "invoice_id": invoice})
+    else:
+        move = {"type": "transfer", "destination": destination, **usd}
+        sent = await _submit(client, tally, source, {**move, "amount": rng.randint(1, 20_000)})
+        if sent is not None and sent.status == "accepted":
+            await _submit(
+                client, tally, destination, {"type": "reverse", "target": sent.command_id}
+            )
+
+
+async def _submit(
+    client: LedgerClient, tally: Tally, account: str, fields: dict[str, Any]
+) -> Result | None:
+    """Submit one command until it is answered; its result (None if it never was)."""
     command_id = f"soak-{uuid.uuid4().hex}"
     tally.sent += 1
-    fields: dict[str, Any] = {"type": kind, "command_id": command_id, "account": account}
-    if kind == "open_account":
-        fields["currency"] = CURRENCY
-    else:
-        fields |= {"amount": amount, "currency": CURRENCY}
-    if destination is not None:
-        fields["destination"] = destination
-    command = COMMAND_ADAPTER.validate_python(fields)
+    command = COMMAND_ADAPTER.validate_python(
+        {**fields, "command_id": command_id, "account": account}
+    )
     try:
         # After a timeout the same command (same id, same payload) is sent again: safe.
         result = await client.submit(command, attempts_max=ATTEMPTS_MAX)
     except (ResultTimeout, SendFailed):
         tally.unanswered.append(command_id)
-        return
+        return None
     tally.results[result.code or result.status] += 1
+    return result
 
 
 async def _faults(
