@@ -341,6 +341,7 @@ def _decide_input(
         timestamp_ms=incoming.timestamp_ms,
         hold=outputs.hold,
         receipt=outputs.receipt,
+        counted=outputs.counted,
     )
     state.put_outcome(key, outcome)
     decision.emit(outcome, message.reply_partition)
@@ -392,6 +393,7 @@ class Outputs(NamedTuple):
     hold: Hold | None = None
     receipt: Receipt | None = None
     claim: str | None = None
+    counted: int | None = None  # the day a transfer out counted toward, in case it comes back
 
 
 class Refusal(NamedTuple):
@@ -555,9 +557,10 @@ def _transfer(state: _State, command: Transfer, ts: int, digest: str) -> Outputs
     )
     if check is not None:
         return _refused(command, check, digest)
-    _use(state, command.account, "transfer_out", command.amount, ts)
+    day = _use(state, command.account, "transfer_out", command.amount, ts)
     event = _event(command, ts, "transfer", command.currency)
-    return _pay_out(state, command, digest, event, command.destination, command.amount)
+    outputs = _pay_out(state, command, digest, event, command.destination, command.amount)
+    return outputs._replace(counted=day if outputs.legs else None)
 
 
 def _place_hold(state: _State, command: PlaceHold, ts: int, digest: str) -> Outputs:
@@ -579,10 +582,11 @@ def _pay_invoice(state: _State, command: PayInvoice, ts: int, digest: str) -> Ou
             timeout_ms = command.timeout_s * 1000
         outputs = _hold(state, command, ts, digest, ts + timeout_ms, command.invoice_id)
         return outputs._replace(claim=claim)
-    _use(state, command.account, "transfer_out", command.amount, ts)
+    day = _use(state, command.account, "transfer_out", command.amount, ts)
     event = _event(command, ts, "invoice_payment", command.currency)
     event = replaced(event, invoice_id=command.invoice_id)
     outputs = _pay_out(state, command, digest, event, command.destination, command.amount)
+    outputs = outputs._replace(counted=day if outputs.legs else None)
     if outputs.result is not None:  # landed at once: paid
         entries = [event.entry_id]
         outputs = outputs._replace(receipt=_receipt(command, command.command_id, entries, ts))
@@ -837,18 +841,19 @@ def _reverse(state: _State, command: Reverse, ts: int, digest: str) -> Outputs:
         return Outputs(result, [event], claim=_REVERSAL + command.target)
     counter = WORLD if done.type == "deposit" else done.account
     assert counter is not None
-    check = _check_debit(state, command.account, amount, None, ts, counter)
-    if check == Code.INSUFFICIENT_FUNDS:
-        check = Refusal(
-            Code.INSUFFICIENT_FUNDS,
-            f"reversing {command.target} would take {command.account} past its floor",
-        )
-    elif check is None and counter != WORLD and state.is_local(counter):
+    check = None
+    if counter != WORLD and state.is_local(counter):
         other = state.account(counter)
         if other is None or other.status == "closed":
             check = Refusal(
                 Code.ACCOUNT_CLOSED, f"{counter}, which the money goes back to, is closed"
             )
+    check = check or _check_debit(state, command.account, amount, None, ts, counter)
+    if check == Code.INSUFFICIENT_FUNDS:
+        check = Refusal(
+            Code.INSUFFICIENT_FUNDS,
+            f"reversing {command.target} would take {command.account} past its floor",
+        )
     if check is not None:
         return _refused(command, check, digest)
     event = replaced(_event(command, ts, "reversal", account.currency), reverses=command.target)
@@ -865,7 +870,7 @@ def _original(state: _State, account: str, target: str) -> Outcome | None:
         if found is None or found.result is None:
             continue
         result = found.result
-        if result.status == "accepted" and result.type in REVERSIBLE:
+        if result.status == "accepted" and result.type in REVERSIBLE and found.hold is None:
             side = result.account if result.type in ("deposit", "withdraw") else result.destination
         else:  # not reversible (found, to say so) from either side
             side = account if account in (result.account, result.destination) else None
@@ -1047,29 +1052,29 @@ def _day(account: AccountState, ts: int) -> int:
     return max(ts // DAY_MS, account.day)
 
 
-def _use(state: _State, name: str, action: Action, amount: int, ts: int) -> None:
+def _use(state: _State, name: str, action: Action, amount: int, ts: int) -> int | None:
     """Count an accepted command toward the account's daily usage, when it has limits (an
-    account without any is not counted, so that it costs nothing)."""
+    account without any is not counted, so that it costs nothing); the day it counted
+    toward, None when not counted."""
     account = state.account(name)
     assert account is not None
     if account.limits is None:
-        return
+        return None
     day = _day(account, ts)
     amounts = dict(account.used_amount) if day == account.day else {}
     counts = dict(account.used_count) if day == account.day else {}
     amounts[action] = amounts.get(action, 0) + amount
     counts[action] = counts.get(action, 0) + 1
     state.put(name, replaced(account, day=day, used_amount=amounts, used_count=counts))
+    return day
 
 
-def _unuse(state: _State, name: str, action: Action, amount: int, ts: int) -> None:
-    """Take back what a command counted (a transfer its destination refused: a rejection
-    counts toward nothing), while the account is still in the day it counted toward. A
-    record stamped before that day counted toward a later one, which cannot be told from a
-    day that has passed since: it stays counted, which errs on the side of the limit."""
+def _unuse(state: _State, name: str, action: Action, amount: int, day: int | None) -> None:
+    """Take back what a command counted toward `day` (a transfer its destination refused: a
+    rejection counts toward nothing), while the account is still in that day."""
     account = state.account(name)
     assert account is not None
-    if account.limits is None or ts // DAY_MS != account.day:
+    if day is None or account.limits is None or day != account.day:
         return
     amounts, counts = dict(account.used_amount), dict(account.used_count)
     amounts[action] = max(amounts.get(action, 0) - amount, 0)
@@ -1291,8 +1296,8 @@ def _finish_at_source(
             entry_ids=[sent.entry_id, f"{leg.transfer_id}:1"],
             timestamp_ms=incoming.timestamp_ms,
         )
-    if not landed and sent.kind in ("transfer_debit", "invoice_payment"):
-        _unuse(state, leg.source, "transfer_out", leg.amount, sent.timestamp_ms)
+    if not landed:
+        _unuse(state, leg.source, "transfer_out", leg.amount, original.counted)
     if landed and sent.invoice_id is not None:
         claim = invoice_key(leg.source, sent.invoice_id)
         state.put_outcome(claim, _paid_claim(state, claim, result))
@@ -1361,6 +1366,7 @@ def _rejected(command: Command, check: Code | Refusal, digest: str) -> Result:
         account=command.account,
         reason=refusal.reason or refusal.code.reason,
         payload_digest=digest,
+        destination=getattr(command, "destination", None),
         limit=refusal.limit,
         metadata=command.metadata,
     )
@@ -1381,6 +1387,6 @@ def _leg_result(leg: Leg, status: Literal["accepted", "rejected"], code: Code | 
         reason=code.reason if code else None,
         payload_digest=leg.payload_digest,
         amount=leg.amount if accepted else None,
-        destination=leg.destination if accepted else None,
+        destination=leg.destination,
         metadata=leg.metadata,
     )

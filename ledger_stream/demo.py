@@ -25,6 +25,7 @@ from typing import Any
 
 from ledger_stream.audit import audit
 from ledger_stream.client import LedgerClient
+from ledger_stream.codes import Code
 from ledger_stream.core import TRANSIT, WORLD
 from ledger_stream.journal import Books, fold, read_journal
 from ledger_stream.local import start_local_ledger
@@ -207,10 +208,10 @@ async def _walk_through_rules(
     await client.open_account(other, "USD")
     funded = await client.deposit(payer, 50_000, "USD")
     tally.record(funded, (WORLD, payer, 50_000), funding=True)
-    steps: list[tuple[str, Result, str | None]] = []
+    steps: list[tuple[str, Result, Code | None]] = []
 
     async def step(
-        what: str, result: Result, expected: str | None, move: tuple[str, str, int] | None
+        what: str, result: Result, expected: Code | None, move: tuple[str, str, int] | None
     ) -> Result:
         tally.record(result, move, funding=True)
         steps.append((what, result, expected))
@@ -224,12 +225,15 @@ async def _walk_through_rules(
         (payer, WORLD, 100),
     )
     await step(
-        "withdraw 1.00, a third", await client.withdraw(payer, 100, "USD"), "limit_exceeded", None
+        "withdraw 1.00, a third",
+        await client.withdraw(payer, 100, "USD"),
+        Code.LIMIT_EXCEEDED,
+        None,
     )
     await step(
         "deposit 500.01, over the transaction maximum",
         await client.deposit(payer, 50_001, "USD"),
-        "limit_exceeded",
+        Code.LIMIT_EXCEEDED,
         None,
     )
     hold = await step(
@@ -242,14 +246,17 @@ async def _walk_through_rules(
         (payer, shop, 12_000),
     )
     await step(
-        "post it again", await client.post_hold(payer, hold.command_id), "hold_already_posted", None
+        "post it again",
+        await client.post_hold(payer, hold.command_id),
+        Code.HOLD_ALREADY_POSTED,
+        None,
     )
     voided = await step("hold 50.00", await client.hold(payer, other, 5_000, "USD"), None, None)
     await step("void it", await client.void_hold(payer, voided.command_id), None, None)
     await step(
         "post the voided hold",
         await client.post_hold(payer, voided.command_id),
-        "hold_voided",
+        Code.HOLD_VOIDED,
         None,
     )
     paid = await step(
@@ -261,7 +268,7 @@ async def _walk_through_rules(
     await step(
         "pay INV-1 again, another command id",
         await client.pay_invoice(payer, shop, "INV-1", 8_000, "USD"),
-        "invoice_already_paid",
+        Code.INVOICE_ALREADY_PAID,
         None,
     )
     await step(
@@ -283,7 +290,7 @@ async def _walk_through_rules(
         (shop, payer, 8_000),
     )
     await step(
-        "reverse it again", await client.reverse(shop, paid.command_id), "already_reversed", None
+        "reverse it again", await client.reverse(shop, paid.command_id), Code.ALREADY_REVERSED, None
     )
     ok = True
     for what, result, expected in steps:

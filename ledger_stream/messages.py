@@ -520,6 +520,10 @@ class Outcome(WriterMessage, frozen=True):
         str | None,
         Meta(description="Claims (inv:, rev:): the command id of the payment or reversal"),
     ] = None
+    counted: Annotated[
+        int | None,
+        Meta(description="A transfer out in flight: the day it counted toward (limits)"),
+    ] = None
 
 
 class JournalHead(WriterMessage, frozen=True, omit_defaults=False):

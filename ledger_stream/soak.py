@@ -170,8 +170,8 @@ async def _scenario(
             await _submit(client, tally, source, {"type": "void_hold", "hold_id": held.command_id})
     elif roll < 0.95:
         invoice = f"inv-{uuid.uuid4().hex[:12]}"
-        pay = {"type": "pay_invoice", "destination": destination, "invoice_id": invoice, **usd}
-        pay["amount"] = rng.randint(1, 30_000)
+        pay: dict[str, Any] = {"type": "pay_invoice", "destination": destination, **usd}
+        pay |= {"invoice_id": invoice, "amount": rng.randint(1, 30_000)}
         if rng.random() < 0.5:
             await _submit(client, tally, source, pay)
             if rng.random() < 0.3:  # paid again: refused, moves nothing

@@ -11,8 +11,7 @@ that no transfer sent are refused.
 
 Where the README leaves something open (the order of two checks at one level, what a field
 holds), the model takes the core's reading; each such place says `README silent` or
-`README ambiguous`. `known_core_bug` names the inputs on which the core departs from the
-README; the stateful test leaves those out.
+`README ambiguous`.
 """
 
 from __future__ import annotations
@@ -56,6 +55,7 @@ RESOLVED = {
 }
 
 Postings = tuple[tuple[str, int, int], ...]  # (account, debit, credit)
+Metadata = tuple[tuple[str, str], ...] | None  # sorted items
 # (transaction_amount_max, daily_amount_max items, daily_count_max items), items sorted.
 ModelLimits = tuple[int | None, tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]
 
@@ -136,6 +136,8 @@ class _Send:
 
     hold_id: str | None = None
     invoice_id: str | None = None
+    # A transfer or ledger payment from an account with limits: the day it counted toward.
+    counted: int | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ class Answer:
     amount: int | None = None
     destination: str | None = None
     limit: tuple[str, int, int, int] | None = None  # (limit, value, used, requested)
+    metadata: Metadata = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,7 @@ class ModelLeg:
     reply_partition: int | None
     code: str | None
     command: str = "transfer"
+    metadata: Metadata = None
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,7 @@ class ModelEntry:
     invoice_id: str | None = None
     overdraft_limit: int | None = None
     limits: ModelLimits | None = None
-    metadata: tuple[tuple[str, str], ...] | None = None
+    metadata: Metadata = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,7 @@ class Prediction:
 class _Seen:
     payload: tuple[Any, ...]
     prediction: Prediction
+    names: tuple[str | None, ...] = ()  # the accounts the input named
 
 
 class _Refused(Exception):
@@ -249,36 +254,12 @@ class ModelLedger:
             return self._apply_leg(partition, message, ts)
         return self._apply_command(partition, message, ts)
 
-    def known_core_bug(self, partition: int, message: Any, ts: int) -> str | None:
-        """Whether `message` is an input on which the core departs from the README (each one
-        reported); the stateful test does not send these. None for every other input."""
-        if hasattr(message, "transfer_id") or (partition, message.command_id) in self.commands:
-            return None
-        if message.type == "void_hold" and not message.account.startswith("@"):
-            hold = self._find_hold(partition, message.account, message.hold_id)
-            if hold is not None and hold.status == "pending" and hold.passed(ts):
-                # excluded: core bug void_hold past the deadline is refused hold_expired
-                return "void_hold of a pending hold past its deadline"
-        if message.type == "reverse":
-            try:
-                account, original = self._reversal_original(partition, message)
-            except _Refused:
-                return None
-            counter = WORLD if original.type == "deposit" else original.account
-            if original.type == "withdraw" or counter == WORLD:
-                return None
-            other = self.accounts.get(counter) if self.partition_of(counter) == partition else None
-            if other is not None and other.closed:
-                amount = original.amount or 0
-                if (
-                    account.available < amount
-                    or account.debits + account.debits_pending + amount > BALANCE_MAX
-                    or other.headroom < amount
-                ):
-                    # excluded: core bug reversal to a closed local account answers
-                    # insufficient_funds (or overflow) before account_closed
-                    return "reversal to a closed account that the reverser cannot pay"
-        return None
+    def answers(self, partition: int) -> list[tuple[str, Answer, tuple[str | None, ...]]]:
+        """(id, answer, accounts named) of `partition`'s answered commands and credit legs,
+        for a test to aim reversals at."""
+        seen = [(key[1], s) for key, s in self.commands.items() if key[0] == partition]
+        seen += [(key[2], s) for key, s in self.legs.items() if key[:2] == (partition, "credit")]
+        return [(i, s.prediction.answer, s.names) for i, s in seen if s.prediction.answer]
 
     # Commands
 
@@ -288,14 +269,18 @@ class ModelLedger:
         if seen is not None:
             if seen.payload == payload:
                 return _repeat(seen.prediction, command.reply_partition)
-            answer = self._answer(command, "exists_with_different_payload")
+            named = getattr(command, "destination", None)  # a rejection names it too
+            answer = self._answer(command, "exists_with_different_payload", destination=named)
             return Prediction(answer=answer)
         handler = getattr(self, "_" + command.type)
         try:
             prediction = handler(partition, command, ts)
         except _Refused as refused:
-            prediction = Prediction(answer=self._answer(command, refused.code, limit=refused.limit))
-        self.commands[(partition, command.command_id)] = _Seen(payload, prediction)
+            named = getattr(command, "destination", None)
+            answer = self._answer(command, refused.code, destination=named, limit=refused.limit)
+            prediction = Prediction(answer=answer)
+        names = (command.account, getattr(command, "destination", None))
+        self.commands[(partition, command.command_id)] = _Seen(payload, prediction, names)
         return prediction
 
     def _answer(
@@ -318,11 +303,11 @@ class ModelLedger:
             amount=amount,
             destination=destination,
             limit=limit,
+            metadata=_metadata(command.metadata),
         )
 
     def _entry(self, command: Any, ts: int, kind: str, currency: str, **fields: Any) -> ModelEntry:
         """The journal event of a command: entry `<command_id>:0`, with its metadata."""
-        metadata = command.metadata
         return ModelEntry(
             entry_id=f"{command.command_id}:0",
             command_id=command.command_id,
@@ -330,7 +315,7 @@ class ModelLedger:
             account=command.account,
             currency=currency,
             timestamp_ms=ts,
-            metadata=None if metadata is None else tuple(sorted(metadata.items())),
+            metadata=_metadata(command.metadata),
             **fields,
         )
 
@@ -499,7 +484,7 @@ class ModelLedger:
         self._check_funds(account, command.amount)
         self._check_counter(partition, account, command.destination, command.amount)
         self._use(account, "transfer_out", command.amount, ts)
-        return self._pay_out(
+        prediction = self._pay_out(
             partition,
             command,
             ts,
@@ -509,6 +494,16 @@ class ModelLedger:
             command.amount,
             command.currency,
         )
+        self._remember_count(partition, command, account)
+        return prediction
+
+    def _remember_count(self, partition: int, command: Any, account: ModelAccount) -> None:
+        """A send its destination's writer sends back counts toward nothing, while the day
+        it counted toward lasts (README ambiguous on "lasts": the account still counts
+        toward that day)."""
+        key = (partition, command.command_id)
+        if key in self.sends and account.limits is not None:
+            self.sends[key] = replace(self.sends[key], counted=account.day)
 
     def _hold(self, partition: int, command: Any, ts: int) -> Prediction:
         account = self._check_move(partition, command, command.destination)
@@ -521,7 +516,7 @@ class ModelLedger:
 
     def _pay_invoice(self, partition: int, command: Any, ts: int) -> Prediction:
         account = self._check_move(partition, command, command.destination)
-        status = self._invoice_status(partition, command.account, command.invoice_id)
+        status = self.invoice_status(partition, command.account, command.invoice_id)
         _refuse_if(status == "done", "invoice_already_paid")
         _refuse_if(status == "pending", "invoice_payment_pending")
         self._check_limits(account, "transfer_out", command.amount, ts)
@@ -547,6 +542,7 @@ class ModelLedger:
             invoice_id=command.invoice_id,
         )
         if prediction.answer is None:
+            self._remember_count(partition, command, account)
             return prediction  # paid when its leg lands
         claim.paid = True
         receipt = ModelReceipt(
@@ -707,12 +703,7 @@ class ModelLedger:
         _refuse_if(original is None, "original_not_found")
         assert original is not None
         _refuse_if(original.type == "reverse", "reversal_of_reversal")
-        _refuse_if(
-            original.status != "accepted"
-            or original.type not in REVERSIBLE
-            or (partition, command.target) in self.holds,
-            "not_reversible",
-        )
+        _refuse_if(not self._reversible(partition, original), "not_reversible")
         _refuse_if(self._reversal_status(partition, command.target) != "free", "already_reversed")
         return account, original
 
@@ -754,13 +745,22 @@ class ModelLedger:
             reverses=command.target,
         )
 
+    def _reversible(self, partition: int, answer: Answer) -> bool:
+        """An accepted deposit, withdrawal, transfer, ledger payment, post or confirmation
+        (an external payment is a hold, not a move)."""
+        return (
+            answer.status == "accepted"
+            and answer.type in REVERSIBLE
+            and (partition, answer.command_id) not in self.holds
+        )
+
     def _original(self, partition: int, account: str, target: str) -> Answer | None:
         """The answer to `target` on this partition (a command's own, or the credit leg's
-        of a transfer from another partition) in which `account` is the side the money
-        comes back from: a deposit's or withdrawal's account, else the destination; a
-        reversal is known by both of its sides. A rejected command names no destination
-        (README ambiguous: its table calls a command that moved nothing not found, its
-        Reversals section not reversible)."""
+        of a transfer from another partition) that `account` may name: for what a reversal
+        takes back, the side the money comes back from (a deposit's or withdrawal's account,
+        else the destination); anything else by either of its accounts, to be refused
+        (reversal_of_reversal, not_reversible). A transfer still in flight, or refused by
+        its destination, has no answer there yet (README silent: not found)."""
         found = [
             self.commands.get((partition, target)),
             self.legs.get((partition, "credit", target)),
@@ -769,12 +769,15 @@ class ModelLedger:
             answer = None if seen is None else seen.prediction.answer
             if answer is None:
                 continue
-            side = answer.account if answer.type in ("deposit", "withdraw") else answer.destination
-            if side == account or (answer.type == "reverse" and answer.account == account):
+            if self._reversible(partition, answer):
+                side = answer.account if answer.type in ("deposit", "withdraw") else None
+                if (side or answer.destination) == account:
+                    return answer
+            elif account in (*seen.names, answer.account, answer.destination):
                 return answer
         return None
 
-    def _invoice_status(self, partition: int, payer: str, invoice_id: str) -> str:
+    def invoice_status(self, partition: int, payer: str, invoice_id: str) -> str:
         """free, pending (a payment may still land) or done (paid)."""
         claim = self.invoices.get((partition, payer, invoice_id))
         if claim is None:
@@ -839,6 +842,7 @@ class ModelLedger:
             reply_partition=command.reply_partition,
             code=None,
             command=command.type,
+            metadata=_metadata(command.metadata),
         )
         # No answer yet: the destination's writer gives it.
         return Prediction(None, (entry,), (leg,))
@@ -887,7 +891,7 @@ class ModelLedger:
             prediction = self._settle(partition, leg, ts)
         else:
             prediction = self._refund(partition, leg, ts)
-        self.legs[key] = _Seen(payload, prediction)
+        self.legs[key] = _Seen(payload, prediction, (leg.source, leg.destination))
         return prediction
 
     def _credit(self, leg: Any, ts: int) -> Prediction:
@@ -950,6 +954,10 @@ class ModelLedger:
             hold = self.holds[(partition, send.hold_id)]
             assert hold.status == "posting"
             hold.status = "returned"  # and an invoice it paid is open again
+        if send.counted is not None and send.counted == source.day:
+            source.used_amount["transfer_out"] -= leg.amount
+            source.used_count["transfer_out"] -= 1
+            assert source.used_amount["transfer_out"] >= 0 <= source.used_count["transfer_out"]
         answer = _leg_answer(leg, leg.code)
         postings = ((TRANSIT, leg.amount, 0), (leg.source, 0, leg.amount))
         entries = (_leg_entry(leg, 2, "transfer_refund", leg.source, postings, ts),)
@@ -1013,7 +1021,8 @@ def _leg_answer(leg: Any, code: str | None) -> Answer:
         account=leg.source,
         partition=leg.reply_partition,
         amount=leg.amount if accepted else None,
-        destination=leg.destination if accepted else None,
+        destination=leg.destination,
+        metadata=_metadata(leg.metadata),
     )
 
 
@@ -1059,7 +1068,12 @@ def model_leg_of(leg: Any) -> ModelLeg:
         reply_partition=leg.reply_partition,
         code=leg.code,
         command=leg.command,
+        metadata=_metadata(leg.metadata),
     )
+
+
+def _metadata(metadata: dict[str, str] | None) -> Metadata:
+    return None if metadata is None else tuple(sorted(metadata.items()))
 
 
 def _postings(postings: Any) -> Postings | None:
@@ -1070,7 +1084,6 @@ def _postings(postings: Any) -> Postings | None:
 
 def model_entry_of(event: Any) -> ModelEntry:
     """The model's view of a journal event the core emitted (its chain stamps aside)."""
-    metadata = event.metadata
     return ModelEntry(
         entry_id=event.entry_id,
         command_id=event.command_id,
@@ -1086,7 +1099,7 @@ def model_entry_of(event: Any) -> ModelEntry:
         invoice_id=event.invoice_id,
         overdraft_limit=event.overdraft_limit,
         limits=limits_of(event.limits),
-        metadata=None if metadata is None else tuple(sorted(metadata.items())),
+        metadata=_metadata(event.metadata),
     )
 
 
