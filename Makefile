@@ -40,7 +40,7 @@ lint: $(STAMP) ## ruff
 typecheck: $(STAMP) ## mypy
 	$(BIN)/mypy
 
-schemas: $(STAMP) ## regenerate schemas/*.json from the message models
+schemas: $(STAMP) ## regenerate schemas/*.json from the message models, and the README's table of codes
 	$(BIN)/python -m ledger_stream.schemas
 
 bench: $(STAMP) ## this ledger, batching off and a row-locking PostgreSQL ledger, side by side (figures, not pass/fail)

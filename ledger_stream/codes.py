@@ -1,8 +1,8 @@
 """Every rejection code, once: its precedence and its reason in plain words.
 
 `Code` is the one enumeration of the codes a result may carry. The core returns the first
-that applies, in `PRECEDENCE` order (codes at one level cannot apply to the same command
-together); intake answers records it cannot read before any of them. The messages and the
+that applies, in `PRECEDENCE` order (codes of one level in the order listed here); intake
+answers records it cannot read before any of them. The messages and the
 JSON Schemas take the codes from here, and a test keeps the README's table equal to it.
 """
 

@@ -31,7 +31,7 @@ from ledger_stream.journal import Books, fold, read_journal
 from ledger_stream.local import start_local_ledger
 from ledger_stream.messages import Result
 from ledger_stream.money import format_amount
-from ledger_stream.partitioning import partition_of
+from ledger_stream.partitioning import name_on
 from ledger_stream.settings import Settings
 from ledger_stream.topics import TopicNames
 
@@ -197,7 +197,7 @@ async def _walk_through_rules(
 ) -> bool:
     """Limits, holds, invoice payments and reversals on three accounts of one partition,
     each step's answer checked against what the README says it must be."""
-    payer, shop, other = (_on_first_partition(f"rules-{role}", partitions) for role in "psx")
+    payer, shop, other = (name_on(0, f"rules-{role}", partitions) for role in "psx")
     # One partition: the transfers of the main run are counted by their journal events.
     for account in (payer, shop, other):
         tally.currency_of[account] = "USD"
@@ -299,12 +299,6 @@ async def _walk_through_rules(
         answer = result.status + (f" ({result.code})" if result.code else "")
         say(f"  [{'ok' if right else 'FAILED'}] {what}: {answer}")
     return ok
-
-
-def _on_first_partition(stem: str, partitions: int) -> str:
-    return next(
-        f"{stem}-{i}" for i in range(10_000) if partition_of(f"{stem}-{i}", partitions) == 0
-    )
 
 
 async def _progress(

@@ -17,3 +17,15 @@ def partition_of(account: str, partitions: int) -> int:
     (5, 6)
     """
     return (murmur2(account.encode()) & 0x7FFFFFFF) % partitions
+
+
+def name_on(partition: int, stem: str, partitions: int) -> str:
+    """The first account name `<stem>-<i>` that lives on `partition` (for demos and tests).
+
+    >>> name_on(0, "alice", 8)
+    'alice-5'
+    """
+    i = 0
+    while partition_of(f"{stem}-{i}", partitions) != partition:
+        i += 1
+    return f"{stem}-{i}"

@@ -196,26 +196,11 @@ def random_commands(
                 )
             commands += [hold, then]
         elif roll < 0.85:
-            invoice = f"inv-{rng.getrandbits(32):08x}"
-            pay = new_command(
-                rng,
-                "pay_invoice",
-                source,
-                destination=destination,
-                amount=amount,
-                invoice_id=invoice,
-            )
-            commands.append(pay)
-            if rng.random() < 0.3:  # paid again, under another command id
+            invoice = {"invoice_id": f"inv-{rng.getrandbits(32):08x}", "amount": amount}
+            times = 2 if rng.random() < 0.3 else 1  # paid again, under another command id
+            for _ in range(times):
                 commands.append(
-                    new_command(
-                        rng,
-                        "pay_invoice",
-                        source,
-                        destination=destination,
-                        amount=amount,
-                        invoice_id=invoice,
-                    )
+                    new_command(rng, "pay_invoice", source, destination=destination, **invoice)
                 )
         elif roll < 0.92:
             invoice = f"inv-{rng.getrandbits(32):08x}"

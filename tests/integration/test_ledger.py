@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import time
 import uuid
@@ -29,7 +28,7 @@ from ledger_stream.client import LedgerClient
 from ledger_stream.journal import Books, fold, read_journal
 from ledger_stream.local import WorkerProcess
 from ledger_stream.messages import JournalEvent, Result, from_json
-from ledger_stream.partitioning import partition_of
+from ledger_stream.partitioning import name_on, partition_of
 from ledger_stream.settings import Settings
 from ledger_stream.topics import TopicNames
 
@@ -41,15 +40,6 @@ T = TypeVar("T")
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def account_on(partition: int, stem: str, partitions: int) -> str:
-    """The first name `<stem>-<i>` that Kafka's partitioner puts on `partition`."""
-    for i in itertools.count():
-        name = f"{stem}-{i}"
-        if partition_of(name, partitions) == partition:
-            return name
-    raise AssertionError("unreachable")
 
 
 async def http_account(worker: WorkerProcess, account: str) -> dict[str, Any] | None:
@@ -133,27 +123,6 @@ async def record_at(settings: Settings, topic: str, partition: int, offset: int)
 def worker(module_workers: Workers) -> WorkerProcess:
     """The module's one worker (stopped by pid by `module_workers` when the module ends)."""
     return module_workers.start_ready()
-
-
-@pytest.fixture
-async def client(module_ledger: Settings, worker: WorkerProcess) -> AsyncIterator[LedgerClient]:
-    async with LedgerClient(
-        module_ledger.bootstrap_servers,
-        topic_prefix=module_ledger.topic_prefix,
-        timeout_s=CLIENT_TIMEOUT_S,
-    ) as ledger_client:
-        yield ledger_client
-
-
-@pytest.fixture
-def on(module_ledger: Settings) -> Callable[[int, str], str]:
-    """`on(partition, role)`: an account name of this test only, on that partition."""
-    test = uuid.uuid4().hex[:8]
-
-    def name(partition: int, role: str) -> str:
-        return account_on(partition, f"{role}-{test}", module_ledger.partitions)
-
-    return name
 
 
 async def accepted(*commands: Awaitable[Result]) -> list[Result]:
@@ -551,7 +520,7 @@ async def test_amount_past_64_bits_is_refused_and_the_worker_goes_on(
 ) -> None:
     worker = workers.start_ready()
     topics = TopicNames.from_settings(ledger)
-    account = account_on(0, "huge", ledger.partitions)
+    account = name_on(0, "huge", ledger.partitions)
     async with LedgerClient(
         ledger.bootstrap_servers, topic_prefix=ledger.topic_prefix, timeout_s=CLIENT_TIMEOUT_S
     ) as client:

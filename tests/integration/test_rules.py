@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,44 +27,18 @@ from ledger_stream.journal import fold, read_journal
 from ledger_stream.kafka.reading import read_topic
 from ledger_stream.local import WorkerProcess
 from ledger_stream.messages import JournalEvent, Receipt, Result, from_json
-from ledger_stream.partitioning import partition_of
+from ledger_stream.partitioning import name_on, partition_of
 from ledger_stream.settings import Settings
 from ledger_stream.topics import TopicNames
 
-CLIENT_TIMEOUT_S = 60.0
 DAY_MS = 86_400_000
 # The expiry timer looks often, so that a hold of one second expires within the test.
 EXPIRY_ENV = {"LEDGER_EXPIRY_INTERVAL_S": "0.2"}
 
 
-def name_on(partition: int, stem: str, partitions: int) -> str:
-    for i in range(10_000):
-        name = f"{stem}-{i}"
-        if partition_of(name, partitions) == partition:
-            return name
-    raise AssertionError("unreachable")
-
-
 @pytest.fixture(scope="module")
 def worker(module_workers: Workers) -> WorkerProcess:
     return module_workers.start_ready(env=EXPIRY_ENV)
-
-
-@pytest.fixture
-async def client(module_ledger: Settings, worker: WorkerProcess) -> AsyncIterator[LedgerClient]:
-    async with LedgerClient(
-        module_ledger.bootstrap_servers,
-        topic_prefix=module_ledger.topic_prefix,
-        timeout_s=CLIENT_TIMEOUT_S,
-    ) as ledger_client:
-        yield ledger_client
-
-
-@pytest.fixture
-def on(module_ledger: Settings) -> Callable[[int, str], str]:
-    """`on(partition, role)`: an account of this test only, on that partition."""
-    test = uuid.uuid4().hex[:8]
-    return lambda partition, role: name_on(partition, f"{role}-{test}", module_ledger.partitions)
 
 
 async def opened(client: LedgerClient, *accounts: str, funds: int = 10_000, **kw: Any) -> None:
@@ -371,6 +345,7 @@ def script(a: str, b: str) -> list[tuple[int, dict[str, Any]]]:
     invoices, reversals)."""
     t = 20_000 * DAY_MS
     usd = {"currency": "USD"}
+    pay = {"type": "pay_invoice", "account": a, "destination": b, **usd}
     steps: list[tuple[int, dict[str, Any]]] = [
         (
             t,
@@ -419,39 +394,16 @@ def script(a: str, b: str) -> list[tuple[int, dict[str, Any]]]:
         (t + DAY_MS + 5_000, {"type": "expire_hold", "account": a, "hold_id": "h2"}),
         (t + DAY_MS + 20_000, {"type": "post_hold", "account": a, "hold_id": "h2"}),
         (t + DAY_MS + 20_000, {"type": "expire_hold", "account": a, "hold_id": "h2"}),
+        (t + DAY_MS, {**pay, "amount": 100, "invoice_id": "i1"}),
+        (t + DAY_MS, {**pay, "amount": 100, "invoice_id": "i1"}),  # another command id
         (
             t + DAY_MS,
             {
-                "type": "pay_invoice",
-                "account": a,
-                "destination": b,
-                "amount": 100,
-                "invoice_id": "i1",
-                **usd,
-            },
-        ),
-        (
-            t + DAY_MS,
-            {
-                "type": "pay_invoice",
-                "account": a,
-                "destination": b,
-                "amount": 100,
-                "invoice_id": "i1",
-                **usd,
-            },
-        ),
-        (
-            t + DAY_MS,
-            {
-                "type": "pay_invoice",
-                "account": a,
-                "destination": b,
+                **pay,
                 "amount": 50,
                 "invoice_id": "i2",
                 "channel": "card",
                 "timeout_s": 30,
-                **usd,
             },
         ),
         (t + DAY_MS + 40_000, {"type": "confirm_payment", "account": a, "invoice_id": "i2"}),
