@@ -128,11 +128,21 @@ class _Answers:
         """Wait for the answers to what was sent, as long as they keep coming."""
         while self.sent:
             self.arrived.clear()
-            try:
-                await asyncio.wait_for(self.arrived.wait(), DRAIN_IDLE_S)
-            except asyncio.TimeoutError:
+            if not await _set_within(self.arrived, DRAIN_IDLE_S):
                 return False
         return True
+
+
+async def _set_within(event: asyncio.Event, timeout_s: float) -> bool:
+    """Whether `event` is set within `timeout_s`. Unlike `asyncio.wait_for` before Python
+    3.12, never loses a cancellation that comes as the event is set (a SIGTERM during a
+    busy run would otherwise be swallowed, and the run go on)."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout_s)
+    finally:
+        waiter.cancel()
+    return event.is_set()
 
 
 async def _drive_ledger(
@@ -277,8 +287,7 @@ async def _publish(
                     _send(client, answers, next(transfers), now)
                 count += max(due, 0)
                 answers.arrived.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(answers.arrived.wait(), 1.0)
+                await _set_within(answers.arrived, 1.0)
             else:  # open loop: whatever is due by now, each stamped with its due time
                 due_count = int((now - started) * options.rate) + 1
                 for number in range(count, due_count):
