@@ -202,9 +202,13 @@ def _exit_on_sigterm() -> None:
     cancels the running job the same way), so they stop what they started instead of leaving
     it running, and exit with 143."""
 
-    def interrupt(signum: int, frame: object) -> None:
+    def interrupt(signum: int, frame: Any) -> None:
         _terminated.append(signum)
-        signal.raise_signal(signal.SIGINT)
+        on_ctrl_c = signal.getsignal(signal.SIGINT)
+        if callable(on_ctrl_c):  # asyncio's (cancels its main task) or Python's
+            on_ctrl_c(signal.SIGINT, frame)
+        else:  # ignored, as in a job a shell started in the background: interrupt anyway
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
 
