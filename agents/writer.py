@@ -1,8 +1,9 @@
 """The ledger writer: one per partition, deciding batches of commands and legs.
 
 Per batch, in this order, written down here and nowhere else:
-1. read the records (bad ones become dead letters) and prefetch the state they name;
-2. decide (pure), per partition, in pieces whose state changes fit one state record;
+1. read the records (bad ones become dead letters);
+2. decide (pure: it reads the state through the overlay, and returns the changes), per
+   partition, in pieces whose state changes fit one state record;
 3. commit each piece to the state log, one record each, and wait for the acks; a commit that
    landed anywhere but where this writer expected means another writer owns the partition:
    stop, sending nothing (`state/log.py`);
