@@ -99,6 +99,15 @@ async def journal_of(settings: Settings) -> list[JournalEvent]:
     )
 
 
+async def expiry_of(hold_id: str, settings: Settings, workers: Workers) -> None:
+    """Wait until the worker's timer has expired the hold (its `hold_expired` event)."""
+
+    def expired(events: list[JournalEvent]) -> bool:
+        return any(e.kind == "hold_expired" and e.hold_id == hold_id for e in events)
+
+    await polled(lambda: journal_of(settings), expired, workers, f"the expiry of {hold_id}")
+
+
 async def receipts(settings: Settings) -> list[Receipt]:
     found = []
     async for records in read_topic(
@@ -210,11 +219,7 @@ async def test_a_hold_expires_by_the_timer_and_a_late_post_is_refused(
     await opened(client, payer, payee, funds=1_000)
     hold = await client.hold(payer, payee, 300, "USD", timeout_s=1)
     rejected_with(await client.post_hold(payer, "no-such-hold"), Code.HOLD_NOT_FOUND)
-
-    def expired(events: list[JournalEvent]) -> bool:
-        return any(e.kind == "hold_expired" and e.hold_id == hold.command_id for e in events)
-
-    await polled(lambda: journal_of(module_ledger), expired, module_workers, "the expiry")
+    await expiry_of(hold.command_id, module_ledger, module_workers)
     rejected_with(await client.post_hold(payer, hold.command_id), Code.HOLD_EXPIRED)
     assert (await http_state(worker, payer))["available"] == 1_000
 
@@ -284,11 +289,7 @@ async def test_a_confirmation_after_the_deadline_is_refused_and_the_invoice_is_o
     waiting = await client.pay_invoice(
         payer, shop, "inv-5", 300, "USD", channel="bank", timeout_s=1
     )
-
-    def expired(events: list[JournalEvent]) -> bool:
-        return any(e.kind == "hold_expired" and e.hold_id == waiting.command_id for e in events)
-
-    await polled(lambda: journal_of(module_ledger), expired, module_workers, "the expiry")
+    await expiry_of(waiting.command_id, module_ledger, module_workers)
     rejected_with(await client.confirm_payment(payer, "inv-5"), Code.HOLD_EXPIRED)
     assert (await http_state(worker, shop))["balance"] == 1_000
     again = await client.pay_invoice(payer, shop, "inv-5", 300, "USD")
