@@ -366,7 +366,14 @@ class Load:
         assert stop is not None or chunks_max is not None, "the load needs an end"
         done = 0
         while not (stop is not None and stop.is_set()) and done != chunks_max:
-            accepted = [self.commands[c] for c, r in self.results.items() if r.status == "accepted"]
+            # Reversals pick among this load's own accepted commands: the accounts of a case's
+            # own commands are not the load's to take money from.
+            ours = set(accounts)
+            accepted = [
+                self.commands[c]
+                for c, r in self.results.items()
+                if r.status == "accepted" and _names(self.commands[c]) <= ours
+            ]
             chunk = random_commands(rng, accounts, chunk_size, accepted)
             for result in await self.submit(chunk):
                 assert result.status == "accepted" or result.code in LOAD_CODES, result
@@ -380,6 +387,11 @@ class Load:
     def assert_all_answered(self) -> None:
         missing = sorted(set(self.commands) - set(self.results))
         assert not missing, f"{len(missing)} commands without a result: {missing[:5]}"
+
+
+def _names(command: Command) -> set[str]:
+    """The accounts a command names."""
+    return {command.account, *filter(None, [getattr(command, "destination", None)])}
 
 
 def beside(load: Load, rng: random.Random, accounts: Sequence[str]) -> asyncio.Task[None]:
