@@ -553,39 +553,41 @@ def _withdraw(state: _State, command: Withdraw, ts: int, digest: str) -> Outputs
 def _transfer(state: _State, command: Transfer, ts: int, digest: str) -> Outputs:
     local = state.is_local(command.destination)
     check = _check_move(state, command, command.destination, local) or _check_debit(
-        state, command.account, command.amount, "transfer_out", ts, command.destination
+        state, command.account, command.amount, "transfer_out", ts, command.destination, local
     )
     if check is not None:
         return _refused(command, check, digest)
     day = _use(state, command.account, "transfer_out", command.amount, ts)
-    event = _event(command, ts, "transfer", command.currency)
-    outputs = _pay_out(state, command, digest, event, command.destination, command.amount)
+    event = _event(command, ts, "transfer" if local else "transfer_debit", command.currency)
+    outputs = _pay_out(state, command, digest, event, command.destination, command.amount, local)
     return outputs._replace(counted=day if outputs.legs else None)
 
 
 def _place_hold(state: _State, command: PlaceHold, ts: int, digest: str) -> Outputs:
-    check = _check_payment(state, command, ts)
+    local = state.is_local(command.destination)
+    check = _check_payment(state, command, ts, local)
     if check is not None:
         return _refused(command, check, digest)
     deadline = None if command.timeout_s is None else ts + command.timeout_s * 1000
-    return _hold(state, command, ts, digest, deadline, None)
+    return _hold(state, command, ts, digest, local, deadline, None)
 
 
 def _pay_invoice(state: _State, command: PayInvoice, ts: int, digest: str) -> Outputs:
     claim = invoice_key(command.account, command.invoice_id)
-    check = _check_payment(state, command, ts, claim)
+    local = state.is_local(command.destination)
+    check = _check_payment(state, command, ts, local, claim)
     if check is not None:
         return _refused(command, check, digest)
     if command.channel != "ledger":
         timeout_ms = state.rules.payment_timeout_ms
         if command.timeout_s is not None:
             timeout_ms = command.timeout_s * 1000
-        outputs = _hold(state, command, ts, digest, ts + timeout_ms, command.invoice_id)
+        outputs = _hold(state, command, ts, digest, local, ts + timeout_ms, command.invoice_id)
         return outputs._replace(claim=claim)
     day = _use(state, command.account, "transfer_out", command.amount, ts)
     event = _event(command, ts, "invoice_payment", command.currency)
     event = replaced(event, invoice_id=command.invoice_id)
-    outputs = _pay_out(state, command, digest, event, command.destination, command.amount)
+    outputs = _pay_out(state, command, digest, event, command.destination, command.amount, local)
     outputs = outputs._replace(counted=day if outputs.legs else None)
     if outputs.result is not None:  # landed at once: paid
         entries = [event.entry_id]
@@ -594,11 +596,10 @@ def _pay_invoice(state: _State, command: PayInvoice, ts: int, digest: str) -> Ou
 
 
 def _check_payment(
-    state: _State, command: PlaceHold | PayInvoice, ts: int, claim: str | None = None
+    state: _State, command: PlaceHold | PayInvoice, ts: int, local: bool, claim: str | None = None
 ) -> Check:
     """A hold or an invoice payment: the checks of a transfer, the invoice's between the
     accounts' and the limits."""
-    local = state.is_local(command.destination)
     check = _check_move(state, command, command.destination, local)
     if check is None and claim is not None:
         status = _claim_status(state, claim)
@@ -607,7 +608,7 @@ def _check_payment(
         elif status == "pending":
             check = Code.INVOICE_PAYMENT_PENDING
     return check or _check_debit(
-        state, command.account, command.amount, "transfer_out", ts, command.destination
+        state, command.account, command.amount, "transfer_out", ts, command.destination, local
     )
 
 
@@ -616,6 +617,7 @@ def _hold(
     command: PlaceHold | PayInvoice,
     ts: int,
     digest: str,
+    local: bool,
     deadline: int | None,
     invoice: str | None,
 ) -> Outputs:
@@ -625,7 +627,7 @@ def _hold(
     amount = command.amount
     state.change(command.account, debits_pending=amount)
     counter = TRANSIT
-    if state.is_local(command.destination):
+    if local:
         state.change(command.destination, credits_pending=amount)
         counter = command.destination
     event = replaced(
@@ -763,7 +765,7 @@ def _settle_hold(
         released=_pair(hold.source, counter, hold.amount),
         invoice_id=hold.invoice_id,
     )
-    outputs = _pay_out(state, command, digest, event, hold.destination, amount, hold.source)
+    outputs = _pay_out(state, command, digest, event, hold.destination, amount, local, hold.source)
     if hold.invoice_id is not None:
         claim = invoice_key(hold.source, hold.invoice_id)
         paid = outputs.result
@@ -842,13 +844,14 @@ def _reverse(state: _State, command: Reverse, ts: int, digest: str) -> Outputs:
     counter = WORLD if done.type == "deposit" else done.account
     assert counter is not None
     check = None
-    if counter != WORLD and state.is_local(counter):
+    local = counter == WORLD or state.is_local(counter)
+    if counter != WORLD and local:
         other = state.account(counter)
         if other is None or other.status == "closed":
             check = Refusal(
                 Code.ACCOUNT_CLOSED, f"{counter}, which the money goes back to, is closed"
             )
-    check = check or _check_debit(state, command.account, amount, None, ts, counter)
+    check = check or _check_debit(state, command.account, amount, None, ts, counter, local)
     if check == Code.INSUFFICIENT_FUNDS:
         check = Refusal(
             Code.INSUFFICIENT_FUNDS,
@@ -857,7 +860,7 @@ def _reverse(state: _State, command: Reverse, ts: int, digest: str) -> Outputs:
     if check is not None:
         return _refused(command, check, digest)
     event = replaced(_event(command, ts, "reversal", account.currency), reverses=command.target)
-    outputs = _pay_out(state, command, digest, event, counter, amount)
+    outputs = _pay_out(state, command, digest, event, counter, amount, local)
     return outputs._replace(claim=_REVERSAL + command.target)
 
 
@@ -911,20 +914,19 @@ def _pay_out(
     event: JournalEvent,
     destination: str,
     amount: int,
+    local: bool,
     source: str | None = None,
 ) -> Outputs:
     """Move `amount` from `source` (the command's account) to `destination` in `event`: at
-    once when the destination is local or @world, else to @transit with a credit leg, the
-    result waiting for the destination's writer."""
+    once when the destination is `local` (or @world), else to @transit with a credit leg,
+    the result waiting for the destination's writer."""
     source = source or command.account
-    if destination == WORLD or state.is_local(destination):
+    if local:
         postings = _move(state, source, destination, amount)
         result = _accepted(command, digest, amount, None if destination == WORLD else destination)
         return Outputs(result, [replaced(event, postings=postings)])
     postings = _move(state, source, TRANSIT, amount)
     state.change(source, debits_in_transit=amount)
-    if event.kind == "transfer":
-        event = replaced(event, kind="transfer_debit")
     leg = Leg(
         type="credit",
         transfer_id=command.command_id,
@@ -985,10 +987,16 @@ def _check_move(
 
 
 def _check_debit(
-    state: _State, name: str, amount: int, action: Action | None, ts: int, counter: str | None
+    state: _State,
+    name: str,
+    amount: int,
+    action: Action | None,
+    ts: int,
+    counter: str | None,
+    local: bool = True,
 ) -> Check:
     """Limits, funds and overflow of taking `amount` from `name` for `counter` (another
-    account, @world, or None for @world): a local counter must take the credit; a remote
+    account, @world, or None for @world): a `local` counter must take the credit; a remote
     one may refuse it, so a refund must fit."""
     account = state.account(name)
     assert account is not None
@@ -1002,7 +1010,7 @@ def _check_debit(
         return Code.OVERFLOW
     if counter is None or counter == WORLD:
         return None
-    if not state.is_local(counter):
+    if not local:
         return Code.OVERFLOW if account.credit_headroom < amount else None
     other = state.account(counter)
     if other is not None and other.credit_headroom < amount:
