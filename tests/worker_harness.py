@@ -9,12 +9,16 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import aiohttp
 import pytest
 
+from ledger_stream.journal import read_journal
 from ledger_stream.local import FAST_GROUP_ENV, WorkerProcess
+from ledger_stream.messages import JournalEvent
 from ledger_stream.settings import Settings
+from ledger_stream.topics import TopicNames
 
 WORKER_READY_TIMEOUT_S = 90.0
 POLL_S = 0.25
@@ -108,3 +112,23 @@ async def polled(
         if not workers.any_alive():
             raise AssertionError(f"no worker alive while waiting for {what}\n{workers.logs()}")
         await asyncio.sleep(POLL_S)
+
+
+async def http_account(worker: WorkerProcess, account: str) -> dict[str, Any] | None:
+    """The account's state from the worker's HTTP view, None on 404."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{worker.url}/accounts/{account}/") as response,
+    ):
+        if response.status == 404:
+            return None
+        response.raise_for_status()
+        body: dict[str, Any] = await response.json(content_type=None)
+        return body
+
+
+async def journal(settings: Settings) -> list[JournalEvent]:
+    """Every journal event of the ledger, once each (`ledger_stream.journal.read_journal`)."""
+    return await read_journal(
+        settings.bootstrap_servers, TopicNames.from_settings(settings).journal
+    )

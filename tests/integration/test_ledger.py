@@ -16,16 +16,15 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
-from worker_harness import Workers
+from worker_harness import Workers, http_account, journal
 
 from ledger_stream.client import LedgerClient
-from ledger_stream.journal import Books, fold, read_journal
+from ledger_stream.journal import Books, fold
 from ledger_stream.local import WorkerProcess
 from ledger_stream.messages import JournalEvent, Result, from_json
 from ledger_stream.partitioning import name_on, partition_of
@@ -42,28 +41,10 @@ T = TypeVar("T")
 # --- helpers -------------------------------------------------------------------------------
 
 
-async def http_account(worker: WorkerProcess, account: str) -> dict[str, Any] | None:
-    """The account's state from the worker's HTTP view, None on 404."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{worker.url}/accounts/{account}/") as response,
-    ):
-        if response.status == 404:
-            return None
-        response.raise_for_status()
-        body: dict[str, Any] = await response.json(content_type=None)
-        return body
-
-
 async def http_balance(worker: WorkerProcess, account: str) -> int:
     state = await http_account(worker, account)
     assert state is not None, f"the worker does not know account {account!r}"
     return int(state["balance"])
-
-
-async def journal(settings: Settings) -> list[JournalEvent]:
-    topic = TopicNames.from_settings(settings).journal
-    return await read_journal(settings.bootstrap_servers, topic)
 
 
 async def journal_until(

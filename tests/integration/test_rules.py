@@ -18,12 +18,12 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from worker_harness import Workers, polled
+from worker_harness import Workers, http_account, journal, polled
 
 from ledger_stream.audit import audit
 from ledger_stream.client import LedgerClient
 from ledger_stream.codes import Code
-from ledger_stream.journal import fold, read_journal
+from ledger_stream.journal import fold
 from ledger_stream.kafka.reading import read_topic
 from ledger_stream.local import WorkerProcess
 from ledger_stream.messages import JournalEvent, Receipt, Result, from_json
@@ -50,15 +50,9 @@ async def opened(client: LedgerClient, *accounts: str, funds: int = 10_000, **kw
 
 
 async def http_state(worker: WorkerProcess, account: str) -> dict[str, Any]:
-    import aiohttp
-
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{worker.url}/accounts/{account}/") as response,
-    ):
-        response.raise_for_status()
-        body: dict[str, Any] = await response.json(content_type=None)
-        return body
+    state = await http_account(worker, account)
+    assert state is not None, f"the worker does not know account {account!r}"
+    return state
 
 
 def rejected_with(result: Result, code: Code) -> None:
@@ -93,19 +87,13 @@ class Stamped:
         return self.results[command["command_id"]]
 
 
-async def journal_of(settings: Settings) -> list[JournalEvent]:
-    return await read_journal(
-        settings.bootstrap_servers, TopicNames.from_settings(settings).journal
-    )
-
-
 async def expiry_of(hold_id: str, settings: Settings, workers: Workers) -> None:
     """Wait until the worker's timer has expired the hold (its `hold_expired` event)."""
 
     def expired(events: list[JournalEvent]) -> bool:
         return any(e.kind == "hold_expired" and e.hold_id == hold_id for e in events)
 
-    await polled(lambda: journal_of(settings), expired, workers, f"the expiry of {hold_id}")
+    await polled(lambda: journal(settings), expired, workers, f"the expiry of {hold_id}")
 
 
 async def receipts(settings: Settings) -> list[Receipt]:
@@ -330,7 +318,7 @@ async def test_reversals_post_the_opposite_once_and_never_of_a_reversal(
 async def test_the_books_balance_and_the_audit_is_clean(
     module_ledger: Settings, worker: WorkerProcess
 ) -> None:
-    books = fold(await journal_of(module_ledger))
+    books = fold(await journal(module_ledger))
     assert books.unbalanced == [] and all(t == 0 for t in books.totals().values())
     report = await audit(module_ledger)
     assert report.ok, report.text()
