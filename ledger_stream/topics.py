@@ -27,6 +27,9 @@ class TopicNames:
     state: str
     outcomes: str
     receipts: str
+    notifications: str
+    undelivered: str
+    flags: str
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TopicNames:
@@ -40,6 +43,9 @@ class TopicNames:
             state=f"{prefix}state",
             outcomes=f"{prefix}outcomes",
             receipts=f"{prefix}receipts",
+            notifications=f"{prefix}notifications",
+            undelivered=f"{prefix}notifications.undelivered",
+            flags=f"{prefix}flags",
         )
 
 
@@ -75,11 +81,26 @@ def topic_layouts(settings: Settings) -> list[NewTopic]:
         NewTopic(names.outcomes, n, rf, topic_configs={**journal_config, "retention.ms": "-1"}),
         # Receipts of paid invoices, by invoice id, on the payer's partition; kept forever.
         NewTopic(names.receipts, n, rf, topic_configs={**journal_config, "retention.ms": "-1"}),
+        # The read side's outputs, by account: notifications (and those no webhook took after
+        # every attempt) and anomaly flags.
+        NewTopic(names.notifications, n, rf, topic_configs=results_config),
+        NewTopic(names.undelivered, 1, rf, topic_configs={"cleanup.policy": "delete"}),
+        NewTopic(names.flags, n, rf, topic_configs=results_config),
     ]
 
 
 # Partition counts that must equal `partitions`: the writer's tables follow them.
-_COPARTITIONED = ("commands", "legs", "journal", "results", "state", "outcomes", "receipts")
+_COPARTITIONED = (
+    "commands",
+    "legs",
+    "journal",
+    "results",
+    "state",
+    "outcomes",
+    "receipts",
+    "notifications",
+    "flags",
+)
 
 
 async def ensure_topics(settings: Settings) -> list[str]:

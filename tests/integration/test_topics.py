@@ -49,6 +49,9 @@ async def test_topics_are_created_with_partition_counts_and_cleanup_policies(
         names.state: (3, "delete"),  # never compacted: a void commit must not win
         names.outcomes: (3, "compact"),  # compact outcomes never change once written
         names.receipts: (3, "compact"),
+        names.notifications: (3, "delete"),
+        names.undelivered: (1, "delete"),
+        names.flags: (3, "delete"),
     }
     assert await ensure_topics(settings) == []  # a second worker creates nothing
 
