@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ledger_stream.faults import POINTS
@@ -124,6 +125,39 @@ class Settings(BaseSettings):
         description="A partition with input waiting and no progress for this long is named in "
         "a log line and the ledger_partition_stalled metric",
     )
+    webhook_urls: str = Field(
+        default="",
+        description="Webhooks the notifier delivers every notification to: comma-separated "
+        "http(s)://host[:port]/path URLs; empty: no notifier",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Key of the HMAC-SHA256 signature of every delivery (Ledger-Signature "
+        "header); required with webhook_urls",
+    )
+    webhook_attempts_max: int = Field(
+        default=8,
+        ge=1,
+        le=100,
+        description="Deliveries of one notification to one webhook, the first included, before "
+        "it is written to the undelivered topic",
+    )
+    webhook_backoff_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=3600,
+        description="Bound of the wait after a first failed delivery, doubling with each "
+        "failure up to webhook_backoff_max_s; the wait is random between 0 and the bound",
+    )
+    webhook_backoff_max_s: float = Field(
+        default=30.0, gt=0, le=3600, description="The bound of the wait between deliveries"
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="How long one delivery may take, connecting included, before it has failed",
+    )
     fault_point: str | None = Field(
         default=None,
         description="Test only: exit at this step of the write path (see ledger_stream.faults)",
@@ -150,7 +184,52 @@ class Settings(BaseSettings):
             raise ValueError(f"expected one of {', '.join(POINTS)}")
         return value
 
+    @field_validator("webhook_urls")
+    @classmethod
+    def _webhook_url_list(cls, value: str) -> str:
+        for url in value.split(",") if value.strip() else []:
+            if not _is_webhook_url(url.strip()):
+                raise ValueError(
+                    "LEDGER_WEBHOOK_URLS takes comma-separated http(s)://host[:port]/path "
+                    f"URLs; {url.strip()!r} is not one"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_secret_with_urls(self) -> Settings:
+        if self.webhooks and (
+            self.webhook_secret is None or not self.webhook_secret.get_secret_value()
+        ):
+            raise ValueError(
+                "webhooks are set (LEDGER_WEBHOOK_URLS) but no secret to sign their deliveries "
+                "with: set LEDGER_WEBHOOK_SECRET to the key the receivers verify with"
+            )
+        return self
+
     @property
     def app_id(self) -> str:
         """The writers' consumer group."""
         return f"{self.topic_prefix}writer"
+
+    @property
+    def webhooks(self) -> list[str]:
+        """The webhook URLs the notifier delivers to (none: no notifier)."""
+        return [url.strip() for url in self.webhook_urls.split(",") if url.strip()]
+
+
+def _is_webhook_url(url: str) -> bool:
+    """http(s)://host[:port]/path, nothing else (no credentials, no fragment)."""
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0  # reading it checks its range
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and port_ok
+        and parts.username is None
+        and not parts.fragment
+        and (parts.path == "" or parts.path.startswith("/"))
+        and not any(c.isspace() for c in url)
+    )
