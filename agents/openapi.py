@@ -529,6 +529,10 @@ def _problem(result: dict[str, Any]) -> dict[str, Any]:
                 },
             },
             **extras,
+            "command_type": {
+                "anyOf": [{"type": "string"}, {"type": "null"}],
+                "description": "A rejection's: the type of the command refused",
+            },
         },
         "required": ["type", "title", "status", "detail", "code", "instance"],
     }

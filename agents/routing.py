@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 CLIENT_ID_PREFIX = "ledger-writer "
 FORWARDED_BY = "Ledger-Forwarded-By"
 FORWARDED_HEADERS = ("Idempotency-Key", "Content-Type", "Accept")
-RETURNED_HEADERS = ("Content-Type", "Retry-After")
+RETURNED_HEADERS = ("Content-Type", "Retry-After", "Location")
 
 REFRESH_S = 1.0  # the group is asked at most this often
 AGE_MAX_S = 5.0  # a map older than this is asked again, even on a hit

@@ -43,6 +43,7 @@ from prometheus_client import Counter, Histogram
 
 import ledger_stream.kafka.group  # noqa: F401  (leave the group properly on the embedded broker)
 from agents.expiry import Deadlines, expire_command, pending_deadline
+from agents.freshness import Freshness
 from agents.progress import Progress
 from ledger_stream.core import (
     Decision,
@@ -113,8 +114,9 @@ class Piece:
 
 
 class Writer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, client_id: str | None = None) -> None:
         self.settings = settings
+        self.client_id = client_id  # the consumer's: the URL reads are routed to (routing.py)
         self.topics = TopicNames.from_settings(settings)
         self.faults = Faults(settings.fault_point, settings.fault_after, settings.fault_action)
         self.writer_id = uuid.uuid4().hex  # one per process incarnation
@@ -133,6 +135,7 @@ class Writer:
         self.latest_ms: dict[int, int] = {}  # newest record time seen, by partition
         self.overlays: dict[int, _Overlay] = {}  # decoded state kept, by partition
         self.deadlines = Deadlines()  # of the pending holds of the partitions written here
+        self.freshness = Freshness()  # what the read models must show (read-your-writes)
         self.rules = Rules(
             default_limits=None
             if settings.default_limits is None
@@ -155,6 +158,7 @@ class Writer:
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
             group_id=settings.app_id,
+            **({} if self.client_id is None else {"client_id": self.client_id}),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             partition_assignment_strategy=(RangePartitionAssignor,),  # co-partitioned
@@ -202,6 +206,7 @@ class Writer:
                     self.logs[number] = await self._restore(number)
                     self.overlays[number] = _Overlay(self.logs[number].store)
                     self.deadlines.track_stored(number, self.logs[number].store.items("outcomes"))
+                    self.freshness.claimed(number, self.logs[number].store.head.seq)
                     await self.faults.passed("claimed")
             assert self.consumer is not None
             for tp in assigned:
@@ -218,6 +223,7 @@ class Writer:
                 log = self.logs.pop(number, None)
                 self.overlays.pop(number, None)
                 self.deadlines.forget(number)
+                self.freshness.released(number)
                 if log is not None:
                     log.store.close()
             for tp in revoked:
@@ -249,7 +255,7 @@ class Writer:
         try:
             await self._write_batch(batch)
         except Exception:
-            _stop_worker(EXIT_BUG, "unexpected error while writing a batch; nothing acknowledged")
+            stop_worker(EXIT_BUG, "unexpected error while writing a batch; nothing acknowledged")
 
     async def _write_batch(
         self, batch: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
@@ -262,7 +268,7 @@ class Writer:
                 decided[number] = self._decide_partition(number, records)
             except Exception:
                 span = ", ".join(f"{r.topic}@{r.offset}" for r in records[:3])
-                _stop_worker(
+                stop_worker(
                     EXIT_BUG,
                     f"bug while deciding partition {number} (records {span}...); stopping "
                     "without acknowledging the batch, so a fixed worker decides it again",
@@ -319,6 +325,7 @@ class Writer:
                 continue
             overlay.take(decision)
             self.deadlines.track(number, decision.outcomes.items())
+            self.freshness.wrote(number, decision.journal)
             pieces.append(Piece(changes, _outbox(number, decision)))
             start += len(chunk)
         pieces.append(Piece(Changes({}, {}), letters))  # sent after the decisions, not committed
@@ -363,7 +370,7 @@ class Writer:
         try:
             await asyncio.gather(*(commit_all(self.logs[p], todo) for p, todo in decided.items()))
         except Fenced as error:
-            _stop_worker(EXIT_FENCED, f"{error}; stopping without sending this batch's outputs")
+            stop_worker(EXIT_FENCED, f"{error}; stopping without sending this batch's outputs")
         await self.faults.passed("committed")
 
     async def _snapshot_where_due(self, numbers: list[int]) -> None:
@@ -387,7 +394,7 @@ class Writer:
                 lambda: self.faults.passed("snapshot-partly-written"),
             )
         except Fenced as error:
-            _stop_worker(EXIT_FENCED, f"{error}; stopped while writing a snapshot")
+            stop_worker(EXIT_FENCED, f"{error}; stopped while writing a snapshot")
         SNAPSHOTS.inc()
         logger.info("partition %d: %s; %.2f s", number, figures, time.perf_counter() - started)
         if previous is not None:
@@ -439,7 +446,7 @@ class Writer:
                 errors=(Exception,),
             )
         except Exception as error:
-            _stop_worker(
+            stop_worker(
                 EXIT_BROKER_GONE,
                 f"could not append to the state log after {self.settings.send_attempts_max} "
                 f"attempts ({error!r}); stopping without acknowledging the batch",
@@ -478,7 +485,7 @@ class Writer:
                 errors=(Exception,),
             )
         except Exception as error:
-            _stop_worker(
+            stop_worker(
                 EXIT_BROKER_GONE,
                 f"could not {what} after {attempts_max} attempts ({error!r}); stopping "
                 "without acknowledging the batch",
@@ -517,13 +524,13 @@ class _Listener(ConsumerRebalanceListener):
         try:
             await self.writer.release(set(revoked))
         except Exception:
-            _stop_worker(EXIT_BUG, "failed to give partitions up")
+            stop_worker(EXIT_BUG, "failed to give partitions up")
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         try:
             await self.writer.acquire(set(assigned))
         except Exception:
-            _stop_worker(EXIT_BROKER_GONE, "failed to restore the assigned partitions")
+            stop_worker(EXIT_BROKER_GONE, "failed to restore the assigned partitions")
 
 
 class _Overlay:
@@ -649,7 +656,7 @@ def _refused_letter(item: Incoming, reason: str) -> DeadLetter:
     return DeadLetter(record, reason)
 
 
-def _stop_worker(code: int, message: str) -> NoReturn:
+def stop_worker(code: int, message: str) -> NoReturn:
     """Exit at once, acknowledging nothing: the batch is read again by whoever comes next."""
     logger.critical(message, exc_info=True)
     logging.shutdown()

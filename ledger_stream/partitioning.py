@@ -25,6 +25,8 @@ def name_on(partition: int, stem: str, partitions: int) -> str:
     >>> name_on(0, "alice", 8)
     'alice-5'
     """
+    if not 0 <= partition < partitions:
+        raise ValueError(f"partition {partition} is not one of 0..{partitions - 1}")
     i = 0
     while partition_of(f"{stem}-{i}", partitions) != partition:
         i += 1

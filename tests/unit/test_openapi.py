@@ -497,11 +497,6 @@ async def test_handlers_answer_as_the_document_says(
     await check_answer(client, case)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agents/api.py `_decision`: a rejection's extras include the result's `type`, "
-    "which replaces the problem's type URN",
-)
 @pytest.mark.parametrize("case", REJECTIONS, ids=str)
 async def test_rejections_answer_as_the_document_says(
     client: TestClient[web.Request, web.Application], case: Case

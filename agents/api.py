@@ -1,0 +1,574 @@
+"""The HTTP API under /v1: reads of the read models (answered by the worker that owns the
+account, or forwarded to it) and commands (published to Kafka by any worker, answered with
+the decision or 202 and a place to poll). Errors are `application/problem+json` (RFC 9457)
+carrying the ledger's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from agents.projector import Projector
+from agents.routing import ForwardFailed, Owners, is_forwarded
+from agents.writer import Writer
+from ledger_stream.client import LedgerClient
+from ledger_stream.codes import Code
+from ledger_stream.errors import LedgerError
+from ledger_stream.messages import (
+    ALIAS_PREFIX,
+    COMMAND_ADAPTER,
+    Result,
+    as_dict,
+    from_json,
+)
+from ledger_stream.partitioning import partition_of
+from ledger_stream.readmodel import (
+    AccountView,
+    DaySummary,
+    HistoryItem,
+    account_key,
+    alias_key,
+    day_key,
+    flag_prefix,
+    history_key,
+    history_prefix,
+    seq_of,
+    time_key,
+    time_prefix,
+    utc_day,
+)
+from ledger_stream.state.readstore import ReadStore
+
+logger = logging.getLogger(__name__)
+
+PROBLEM = "application/problem+json"
+PAGE_DEFAULT = 50
+PAGE_MAX = 500
+RETRY_AFTER_S = "1"
+
+# A POST's route: the command type it sends, and the path parameter that fills a field.
+POSTS: dict[str, tuple[str, str | None]] = {
+    "/v1/accounts": ("open_account", None),
+    "/v1/accounts/{account}/limits": ("set_limits", "account"),
+    "/v1/accounts/{account}/close": ("close_account", "account"),
+    "/v1/deposits": ("deposit", None),
+    "/v1/withdrawals": ("withdraw", None),
+    "/v1/transfers": ("transfer", None),
+    "/v1/holds": ("hold", None),
+    "/v1/holds/{hold_id}/post": ("post_hold", "hold_id"),
+    "/v1/holds/{hold_id}/void": ("void_hold", "hold_id"),
+    "/v1/invoice-payments": ("pay_invoice", None),
+    "/v1/invoice-payments/confirm": ("confirm_payment", None),
+    "/v1/invoice-payments/fail": ("fail_payment", None),
+    "/v1/reversals": ("reverse", None),
+    "/v1/aliases": ("register_alias", None),
+}
+_FLAG_CURSOR = re.compile(r"[0-9]{12}-[a-z_]+")
+# Fields set by the route, never by the body.
+_SET_BY_ROUTE = ("type", "command_id", "reply_partition")
+
+_NOT_FOUND = {
+    Code.ACCOUNT_NOT_FOUND,
+    Code.HOLD_NOT_FOUND,
+    Code.PAYMENT_NOT_FOUND,
+    Code.ORIGINAL_NOT_FOUND,
+}
+_CONFLICT = {
+    Code.EXISTS_WITH_DIFFERENT_PAYLOAD,
+    Code.ACCOUNT_EXISTS,
+    Code.ALIAS_TAKEN,
+    Code.HOLD_ALREADY_POSTED,
+    Code.HOLD_VOIDED,
+    Code.HOLD_EXPIRED,
+    Code.INVOICE_ALREADY_PAID,
+    Code.INVOICE_PAYMENT_PENDING,
+    Code.ALREADY_REVERSED,
+    Code.TRANSFER_IN_TRANSIT,
+}
+
+
+def http_status(code: Code) -> int:
+    """404 for what names nothing, 409 for what clashes with the ledger's state, 422 for
+    the rest (the command is understood and refused)."""
+    if code in _NOT_FOUND:
+        return 404
+    if code in _CONFLICT:
+        return 409
+    return 422
+
+
+class Problem(Exception):
+    """An answer as application/problem+json."""
+
+    def __init__(self, status: int, code: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.extra = status, code, detail, extra
+
+    def response(self, request: web.Request) -> web.Response:
+        body = {
+            "type": f"urn:ledger-stream:problem:{self.code}",
+            "title": self.code.replace("_", " "),
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+            "instance": request.path_qs,
+            **self.extra,
+        }
+        headers = {"Retry-After": RETRY_AFTER_S} if self.status == 503 else {}
+        return web.Response(
+            body=orjson.dumps(body), status=self.status, content_type=PROBLEM, headers=headers
+        )
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem.response(request)
+
+
+class Api:
+    def __init__(self, writer: Writer, projector: Projector, client: LedgerClient) -> None:
+        self.writer = writer
+        self.projector = projector
+        self.client = client
+        self.owners: Owners | None = None  # once the HTTP port is known (`worker.py`)
+        self.settings = writer.settings
+        self.waiting: set[asyncio.Task[Result]] = set()  # decisions answered with 202
+
+    def _owners(self) -> Owners:
+        assert self.owners is not None, "the API answers once the worker is serving"
+        return self.owners
+
+    def routes(self, app: web.Application) -> None:
+        app.middlewares.append(problems)
+        app.router.add_get("/v1/accounts/{account}", self.account)
+        app.router.add_get("/v1/accounts/{account}/history", self.history)
+        app.router.add_get("/v1/accounts/{account}/summary", self.summary)
+        app.router.add_get("/v1/accounts/{account}/balance", self.balance)
+        app.router.add_get("/v1/accounts/{account}/flags", self.flags)
+        app.router.add_get("/v1/aliases/{alias}", self.alias)
+        app.router.add_get("/v1/commands/{command_id}", self.command)
+        for path, (kind, field) in POSTS.items():
+            app.router.add_post(path, self._poster(kind, field))
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def _owned(self, request: web.Request, name: str) -> tuple[str, ReadStore | None]:
+        """The account `name` names (resolving an alias), and its read models once they show
+        what this worker wrote to it; None for them when another worker owns it."""
+        account = await self._resolved(name)
+        partition = partition_of(account, self.settings.partitions)
+        if partition not in self.writer.logs:
+            return account, None
+        if not await self.projector.caught_up(partition, account, self.settings.read_wait_s):
+            raise Problem(
+                503,
+                "read_models_behind",
+                f"the read models of partition {partition} have not yet folded the writes to "
+                f"{account} (waited {self.settings.read_wait_s} s); try again",
+            )
+        return account, self.projector.store(partition)
+
+    async def _forwarded(self, request: web.Request, name: str) -> web.StreamResponse:
+        partition = partition_of(name, self.settings.partitions)
+        if is_forwarded(request):
+            raise Problem(
+                503,
+                "owner_moved",
+                f"partition {partition} moved while this request was forwarded; try again",
+            )
+        url = await self._owners().owner_url(partition)
+        if url is None:
+            raise Problem(
+                503,
+                "owner_unknown",
+                f"no worker owns partition {partition} at the moment (a rebalance); try again",
+            )
+        try:
+            return await self._owners().forward(request, url, self.settings.read_wait_s + 5)
+        except ForwardFailed as error:
+            raise Problem(503, "owner_unreachable", str(error)) from None
+
+    async def _resolved(self, name: str) -> str:
+        if not name.startswith(ALIAS_PREFIX):
+            return name
+        account = await self.resolve_alias(name)
+        if account is None:
+            raise Problem(404, "alias_not_found", f"no account is registered as {name!r}")
+        return account
+
+    async def resolve_alias(self, alias: str) -> str | None:
+        """The account `alias` names, asked of the worker that owns the alias's partition."""
+        partition = partition_of(alias, self.settings.partitions)
+        if partition in self.writer.logs:
+            if not await self.projector.caught_up(partition, alias, self.settings.read_wait_s):
+                raise Problem(503, "read_models_behind", f"aliases of partition {partition}")
+            store = self.projector.store(partition)
+            raw = None if store is None else store.get(alias_key(alias))
+            return None if raw is None else raw.decode()
+        url = await self._owners().owner_url(partition)
+        if url is None:
+            raise Problem(503, "owner_unknown", f"no worker owns partition {partition} now")
+        try:
+            answer = await self._owners().get_json(f"{url}/v1/aliases/{alias}")
+        except ForwardFailed as error:
+            raise Problem(503, "owner_unreachable", str(error)) from None
+        if answer is None:
+            return None
+        return str(answer["account"])
+
+    async def account(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["account"]
+        account, store = await self._owned(request, name)
+        if store is None:
+            return await self._forwarded(request, account)
+        view = _view(store, account)
+        return _json(_account_body(account, view))
+
+    async def history(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["account"]
+        limit = _int_query(request, "limit", PAGE_DEFAULT, 1, PAGE_MAX)
+        cursor = _cursor(request)
+        account, store = await self._owned(request, name)
+        if store is None:
+            return await self._forwarded(request, account)
+        _view(store, account)
+        before = None if cursor is None else history_key(account, cursor)
+        items = []
+        for _, raw in store.newest(history_prefix(account), before):
+            items.append(as_dict(from_json(raw, HistoryItem)))
+            if len(items) == limit + 1:
+                break
+        more = len(items) > limit
+        items = items[:limit]
+        next_cursor = str(items[-1]["seq"]) if more else None
+        return _json({"account": account, "items": items, "next_cursor": next_cursor})
+
+    async def flags(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["account"]
+        limit = _int_query(request, "limit", PAGE_DEFAULT, 1, PAGE_MAX)
+        cursor = request.query.get("cursor")
+        if cursor is not None and not _FLAG_CURSOR.fullmatch(cursor):
+            raise Problem(
+                422,
+                "invalid_query",
+                "cursor must be a next_cursor this API returned",
+                field="cursor",
+            )
+        account, store = await self._owned(request, name)
+        if store is None:
+            return await self._forwarded(request, account)
+        _view(store, account)
+        prefix = flag_prefix(account)
+        # A flag's key ends `<seq>|<rule>`; the cursor is that end, `|` written as `-`.
+        before = None if cursor is None else prefix + cursor.replace("-", "|")
+        flags: list[Any] = []
+        ends: list[str] = []
+        for key, raw in store.newest(prefix, before):
+            flags.append(orjson.loads(raw))
+            ends.append(key[len(prefix) :].replace("|", "-"))
+            if len(flags) == limit + 1:
+                break
+        more = len(flags) > limit
+        next_cursor = ends[limit - 1] if more else None
+        return _json({"account": account, "flags": flags[:limit], "next_cursor": next_cursor})
+
+    async def summary(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["account"]
+        day = request.query.get("day") or utc_day(int(_now().timestamp() * 1000))
+        try:
+            start = datetime.datetime.fromisoformat(day).replace(tzinfo=datetime.timezone.utc)
+            if len(day) != 10:
+                raise ValueError(day)
+        except ValueError:
+            raise Problem(
+                422, "invalid_query", "day must be a date, YYYY-MM-DD", field="day"
+            ) from None
+        account, store = await self._owned(request, name)
+        if store is None:
+            return await self._forwarded(request, account)
+        view = _view(store, account)
+        raw = store.get(day_key(account, day))
+        if raw is not None:
+            summary = from_json(raw, DaySummary)
+        else:  # a day without events: the balance it had all day
+            before = _as_of(store, account, int(start.timestamp() * 1000) - 1)
+            balance = 0 if before is None else before.balance
+            summary = DaySummary(day, balance, balance)
+        return _json({"account": account, "currency": view.currency, **as_dict(summary)})
+
+    async def balance(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["account"]
+        as_of = _time_query(request, "as_of")
+        account, store = await self._owned(request, name)
+        if store is None:
+            return await self._forwarded(request, account)
+        view = _view(store, account)
+        if as_of is None:
+            return _json({"account": account, "currency": view.currency, **_balances(view)})
+        item = _as_of(store, account, as_of)
+        if item is None:
+            raise Problem(
+                404, Code.ACCOUNT_NOT_FOUND, f"account {account!r} had no events by {as_of}"
+            )
+        return _json(
+            {
+                "account": account,
+                "currency": view.currency,
+                "as_of_ms": as_of,
+                "seq": item.seq,
+                "timestamp_ms": item.timestamp_ms,
+                "posted": item.balance,
+                "pending_debits": item.pending_debits,
+                "pending_credits": item.pending_credits,
+            }
+        )
+
+    async def alias(self, request: web.Request) -> web.StreamResponse:
+        alias = request.match_info["alias"]
+        partition = partition_of(alias, self.settings.partitions)
+        if partition not in self.writer.logs:
+            return await self._forwarded(request, alias)
+        account = await self.resolve_alias(alias)
+        if account is None:
+            raise Problem(404, "alias_not_found", f"no account is registered as {alias!r}")
+        return _json({"alias": alias, "account": account})
+
+    # -- commands -------------------------------------------------------------------------
+
+    def _poster(self, kind: str, field: str | None) -> Handler:
+        async def post(request: web.Request) -> web.StreamResponse:
+            key = request.headers.get("Idempotency-Key")
+            if not key:
+                raise Problem(
+                    400,
+                    "idempotency_key_required",
+                    "send the command's id in the Idempotency-Key header: a retry with the "
+                    "same key and body is answered with the first decision",
+                )
+            body = await _json_body(request)
+            for name in _SET_BY_ROUTE:
+                if name in body:
+                    raise Problem(
+                        422,
+                        Code.INVALID_COMMAND,
+                        f"{name!r} is set by the route and the Idempotency-Key header",
+                        errors=[{"field": name, "message": "not allowed in the body"}],
+                    )
+            if field is not None and field in body:
+                raise Problem(
+                    422,
+                    Code.INVALID_COMMAND,
+                    f"{field!r} is set by the path",
+                    field=field,
+                    errors=[{"field": field, "message": "not allowed in the body"}],
+                )
+            fields = {**body, "type": kind, "command_id": key}
+            if field is not None:
+                fields[field] = request.match_info[field]
+            for name in ("account", "destination"):
+                value = fields.get(name)
+                if isinstance(value, str) and not (kind == "register_alias" and name == "account"):
+                    fields[name] = await self._resolved(value)
+            try:
+                command = COMMAND_ADAPTER.validate_python(fields)
+            except ValidationError as error:
+                raise _invalid(error) from None
+            return await self._decided(command.command_id, command.account, self._submit(command))
+
+        return post
+
+    def _submit(self, command: Any) -> asyncio.Task[Result]:
+        task = asyncio.ensure_future(self.client.submit(command))
+        self.waiting.add(task)
+        task.add_done_callback(self.waiting.discard)
+        return task
+
+    async def _decided(
+        self, command_id: str, account: str, task: asyncio.Task[Result]
+    ) -> web.StreamResponse:
+        done, _ = await asyncio.wait({task}, timeout=self.settings.http_wait_s)
+        if not done:
+            location = f"/v1/commands/{command_id}?account={account}"
+            return _json(
+                {"command_id": command_id, "status": "pending", "location": location},
+                status=202,
+                headers={"Location": location, "Retry-After": RETRY_AFTER_S},
+            )
+        try:
+            result = task.result()
+        except LedgerError as error:
+            raise Problem(503, "not_published", str(error)) from None
+        return _decision(result)
+
+    async def command(self, request: web.Request) -> web.StreamResponse:
+        command_id = request.match_info["command_id"]
+        account = request.query.get("account")
+        if not account:
+            raise Problem(
+                422,
+                "invalid_query",
+                "account is required: the account the command was sent for",
+                field="account",
+            )
+        partition = partition_of(account, self.settings.partitions)
+        overlay = self.writer.overlays.get(partition)
+        if overlay is None:
+            return await self._forwarded(request, account)
+        outcome = overlay.outcome(f"cmd:{command_id}")
+        if outcome is None or outcome.result is None:
+            location = request.path_qs
+            return _json(
+                {"command_id": command_id, "status": "pending", "location": location},
+                status=202,
+                headers={"Location": location, "Retry-After": RETRY_AFTER_S},
+            )
+        return _decision(outcome.result)
+
+
+def _decision(result: Result) -> web.Response:
+    body = as_dict(result)
+    if result.status == "accepted":
+        return _json(body)
+    assert result.code is not None, "a rejection has a code"
+    code = Code(result.code)
+    extra = {k: v for k, v in body.items() if k not in ("status", "code", "reason", "type")}
+    extra["command_type"] = result.type
+    raise Problem(http_status(code), code, result.reason or code.reason, **extra)
+
+
+def _invalid(error: ValidationError) -> Problem:
+    errors = [
+        {
+            "field": ".".join(str(part) for part in entry["loc"][1:] or entry["loc"]),
+            "message": entry["msg"],
+        }
+        for entry in error.errors()
+    ]
+    first = errors[0]
+    return Problem(
+        422,
+        Code.INVALID_COMMAND,
+        f"{first['field']}: {first['message']}",
+        field=first["field"],
+        errors=errors,
+    )
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError as error:
+        raise Problem(422, Code.INVALID_COMMAND, f"the body is not JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise Problem(422, Code.INVALID_COMMAND, "the body must be a JSON object")
+    return body
+
+
+def _view(store: ReadStore, account: str) -> AccountView:
+    raw = store.get(account_key(account))
+    if raw is None:
+        raise Problem(404, Code.ACCOUNT_NOT_FOUND, f"no account {account!r}", account=account)
+    return from_json(raw, AccountView)
+
+
+def _balances(view: AccountView) -> dict[str, int]:
+    return {
+        "posted": view.balance,
+        "pending_debits": view.debits_pending,
+        "pending_credits": view.credits_pending,
+        "available": view.available,
+    }
+
+
+def _account_body(account: str, view: AccountView) -> dict[str, Any]:
+    return {
+        "account": account,
+        "currency": view.currency,
+        "status": view.status,
+        "balance": _balances(view),
+        "overdraft_limit": view.overdraft_limit,
+        "limits": None if view.limits is None else as_dict(view.limits),
+        "low_balance": view.low_balance,
+        "opened_ms": view.opened_ms,
+        "seq": view.seq,
+        "updated_ms": view.timestamp_ms,
+    }
+
+
+def _as_of(store: ReadStore, account: str, ms: int) -> HistoryItem | None:
+    """The history item in force at journal time `ms`: the last event at or before it."""
+    found = store.last_at_most(time_prefix(account), time_key(account, ms, 10**12 - 1))
+    if found is None:
+        return None
+    raw = store.get(history_key(account, seq_of(found)))
+    assert raw is not None
+    return from_json(raw, HistoryItem)
+
+
+def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise Problem(
+            422, "invalid_query", f"{name} must be a whole number from {low} to {high}", field=name
+        )
+    return int(raw)
+
+
+def _cursor(request: web.Request) -> int | None:
+    raw = request.query.get("cursor")
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 12:
+        raise Problem(
+            422, "invalid_query", "cursor must be a next_cursor this API returned", field="cursor"
+        )
+    return int(raw)
+
+
+def _time_query(request: web.Request, name: str) -> int | None:
+    """Milliseconds since 1970, given as such or as an ISO 8601 time (UTC unless it says)."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if raw.isdigit() and len(raw) <= 15:
+        return int(raw)
+    try:
+        moment = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise Problem(
+            422,
+            "invalid_query",
+            f"{name} must be milliseconds since 1970 or an ISO 8601 time",
+            field=name,
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
