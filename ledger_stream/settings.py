@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ledger_stream.anomaly import AnomalyRules
 from ledger_stream.faults import POINTS
 from ledger_stream.messages import AccountLimits
 
@@ -78,6 +79,31 @@ class Settings(BaseSettings):
     web_enabled: bool = Field(default=True, description="Serve /accounts/<id>/ over HTTP")
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535, description="0 picks a free port")
+    web_advertised_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/]+$",
+        description="The base URL other workers forward requests for this worker's accounts "
+        "to (unset: http://<web_host>:<port>)",
+    )
+    read_wait_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="How long a read of an account waits for the read models to show the "
+        "writes this worker answered for it (read-your-writes) before answering 503",
+    )
+    http_wait_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="How long a POST waits for the decision before answering 202 with a "
+        "location to poll",
+    )
+    anomaly_rules: AnomalyRules = Field(
+        default_factory=AnomalyRules,
+        description="The anomaly rules and their thresholds, as JSON (see README, Anomaly "
+        "flags); unset: the defaults",
+    )
     journal_retention_ms: int = Field(
         default=-1, ge=-1, description="Journal retention (-1: keep forever; compacted)"
     )
