@@ -28,6 +28,7 @@ from ledger_stream.journal import Books, fold
 from ledger_stream.kafka.reading import read_topic, reader
 from ledger_stream.kafka.retry import started
 from ledger_stream.messages import (
+    ALIAS_PREFIX,
     COMMAND_BATCH_MAX,
     IDENTIFIER_CHARS_MAX,
     AccountState,
@@ -286,12 +287,13 @@ class _Entries:
         return [copy.event for _, copy in chosen]
 
     def accounts(self) -> set[str]:
-        """Customer accounts the journal names (opened or posted to)."""
+        """Customer accounts the journal names (opened or posted to): not system accounts,
+        nor the aliases `alias_registered` events are about."""
         names = set()
         for copy in self.last.values():
             names.add(copy.event.account)
             names.update(p.account for p in copy.event.postings)
-        return {name for name in names if not name.startswith("@")}
+        return {name for name in names if not name.startswith(("@", ALIAS_PREFIX))}
 
     def opened(self) -> dict[str, JournalEvent]:
         return {
@@ -477,15 +479,19 @@ def _transit_mismatch(books: Books, transit: _Transit) -> list[Failure]:
 
 def _once_only(events: Sequence[JournalEvent]) -> list[Failure]:
     """A hold resolves once, releasing what it reserved; an invoice is paid and a command
-    reversed at most once (a payment or reversal whose money came back does not count)."""
+    reversed at most once (a payment or reversal whose money came back does not count); an
+    alias is registered once."""
     refunded = {e.command_id for e in events if e.kind == "transfer_refund"}
     placed = {e.hold_id: e for e in events if e.kind == "hold_placed"}
     resolved: dict[str, list[JournalEvent]] = defaultdict(list)
     paid: dict[tuple[str, str], list[str]] = defaultdict(list)
     reversed_by: dict[str, list[str]] = defaultdict(list)
+    registered: dict[str, list[str]] = defaultdict(list)
     for event in events:
         if event.released is not None and event.hold_id is not None:
             resolved[event.hold_id].append(event)
+        if event.kind == "alias_registered":
+            registered[event.account].append(f"{event.entry_id} to {event.target}")
         if event.command_id in refunded:
             continue
         if event.invoice_id is not None and event.kind in ("invoice_payment", "hold_posted"):
@@ -509,6 +515,10 @@ def _once_only(events: Sequence[JournalEvent]) -> list[Failure]:
         (
             "commands reversed more than once",
             [f"{t} ({', '.join(e)})" for t, e in sorted(reversed_by.items()) if len(e) > 1],
+        ),
+        (
+            "aliases registered more than once",
+            [f"{a} ({', '.join(e)})" for a, e in sorted(registered.items()) if len(e) > 1],
         ),
     )
 

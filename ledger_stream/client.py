@@ -207,9 +207,15 @@ class LedgerClient:
         *,
         overdraft_limit: int | str = 0,
         limits: dict[str, Any] | None = None,
+        low_balance: int | None = None,
         **options: Any,
     ) -> Result:
-        fields = {"currency": currency, "overdraft_limit": overdraft_limit, "limits": limits}
+        fields = {
+            "currency": currency,
+            "overdraft_limit": overdraft_limit,
+            "limits": limits,
+            "low_balance": low_balance,
+        }
         return await self._command("open_account", account, fields, **options)
 
     async def set_limits(
@@ -218,9 +224,10 @@ class LedgerClient:
         *,
         limits: dict[str, Any] | None = None,
         overdraft_limit: int | None = None,
+        low_balance: int | None = None,
         **options: Any,
     ) -> Result:
-        fields = {"limits": limits, "overdraft_limit": overdraft_limit}
+        fields = {"limits": limits, "overdraft_limit": overdraft_limit, "low_balance": low_balance}
         return await self._command("set_limits", account, fields, **options)
 
     async def deposit(
@@ -304,6 +311,11 @@ class LedgerClient:
         """Reverse the command `target`; `account` is the one the money comes back from (a
         deposit's account, a transfer's or payment's destination, a withdrawal's account)."""
         return await self._command("reverse", account, {"target": target}, **options)
+
+    async def register_alias(self, alias: str, account: str, **options: Any) -> Result:
+        """Register `alias` (`alias:<name>`) for `account`, once: a second registration of
+        the alias, for any account, is refused `alias_taken`."""
+        return await self._command("register_alias", alias, {"target": account}, **options)
 
     async def submit(self, command: Command, *, attempts_max: int = 1) -> Result:
         """Publish a command and wait for its result, up to `timeout_s` per attempt.

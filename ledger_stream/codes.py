@@ -32,6 +32,7 @@ class Code(StrEnum):
     INVOICE_ALREADY_PAID = "invoice_already_paid"
     INVOICE_PAYMENT_PENDING = "invoice_payment_pending"
     REVERSAL_OF_REVERSAL = "reversal_of_reversal"
+    ALIAS_TAKEN = "alias_taken"
     NOT_REVERSIBLE = "not_reversible"
     ALREADY_REVERSED = "already_reversed"
     HOLD_NOT_EXPIRED = "hold_not_expired"
@@ -72,6 +73,7 @@ PRECEDENCE: dict[Code, int] = {
     Code.INVOICE_ALREADY_PAID: 11,
     Code.INVOICE_PAYMENT_PENDING: 11,
     Code.REVERSAL_OF_REVERSAL: 11,
+    Code.ALIAS_TAKEN: 11,
     Code.NOT_REVERSIBLE: 12,
     Code.ALREADY_REVERSED: 13,
     Code.HOLD_NOT_EXPIRED: 14,
@@ -88,7 +90,8 @@ PRECEDENCE: dict[Code, int] = {
 
 REASONS: dict[Code, str] = {
     Code.EXISTS_WITH_DIFFERENT_PAYLOAD: "this command_id was already used for another command",
-    Code.ACCOUNT_RESERVED: "accounts starting with '@' are system accounts",
+    Code.ACCOUNT_RESERVED: "accounts starting with '@' are system accounts, and ids starting "
+    "with 'alias:' are aliases",
     Code.INVALID_AMOUNT: "amounts must be positive integers of minor units",
     Code.AMOUNT_TOO_LARGE: f"amounts may not exceed {AMOUNT_MAX} minor units",
     Code.ACCOUNTS_MUST_BE_DIFFERENT: "a transfer needs two different accounts",
@@ -106,6 +109,9 @@ REASONS: dict[Code, str] = {
     Code.INVOICE_ALREADY_PAID: "the invoice was paid already",
     Code.INVOICE_PAYMENT_PENDING: "a payment of the invoice is waiting for its confirmation",
     Code.REVERSAL_OF_REVERSAL: "a reversal cannot be reversed",
+    # Not which account: an alias is an email address or the like, and which account it
+    # names is its owner's business.
+    Code.ALIAS_TAKEN: "alias is registered to another account",
     Code.NOT_REVERSIBLE: "only accepted deposits, withdrawals, transfers and payments can be "
     "reversed",
     Code.ALREADY_REVERSED: "the command was reversed already",

@@ -32,7 +32,8 @@ A settle or refund for a transfer that has its answer already is a repeat, answe
 What the writer remembers besides accounts is kept as outcomes, by key: `cmd:<command id>`
 (a command's outcome; a hold's state is in the outcome of the command that placed it),
 `leg:credit:<transfer id>` (a credit leg's), and the claims that keep an invoice paid once
-(`inv:<payer>|<invoice id>`) and a command reversed once (`rev:<command id>`).
+(`inv:<payer>|<invoice id>`), a command reversed once (`rev:<command id>`) and an alias
+registered once (the alias itself, `alias:<name>`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import orjson
 
 from ledger_stream.codes import REFUND_CODES, Code
 from ledger_stream.messages import (
+    ALIAS_PREFIX,
     AccountLimits,
     AccountState,
     Action,
@@ -70,6 +72,7 @@ from ledger_stream.messages import (
     PostHold,
     Posting,
     Receipt,
+    RegisterAlias,
     Result,
     Reverse,
     SetLimits,
@@ -163,8 +166,10 @@ class Decision:
             self.legs.extend(outcome.legs)
 
 
-# Outcome keys: a prefix, then a command id (or, for an invoice, payer and invoice id).
+# Outcome keys: a prefix, then a command id (or, for an invoice, payer and invoice id; for
+# an alias, its name: the key is the alias).
 _COMMAND, _CREDIT, _INVOICE, _REVERSAL = "cmd:", "leg:credit:", "inv:", "rev:"
+_ALIAS = ALIAS_PREFIX
 
 
 def outcome_key(message: Command | Leg) -> str:
@@ -180,6 +185,12 @@ def outcome_key(message: Command | Leg) -> str:
 def invoice_key(payer: str, invoice_id: str) -> str:
     """The claim that keeps an invoice paid once ('|' is in no identifier)."""
     return f"{_INVOICE}{payer}|{invoice_id}"
+
+
+def alias_key(alias: str) -> str:
+    """The claim that registers an alias once: the alias itself (`alias:<name>`)."""
+    assert alias.startswith(_ALIAS), alias
+    return alias
 
 
 def compacted(
@@ -246,7 +257,7 @@ def _command_id_of(key: str) -> str | None:
     for prefix in (_CREDIT, _COMMAND):
         if key.startswith(prefix):
             return key.removeprefix(prefix)
-    assert key.startswith((_INVOICE, _REVERSAL)), f"unknown outcome key {key!r}"
+    assert key.startswith((_INVOICE, _REVERSAL, _ALIAS)), f"unknown outcome key {key!r}"
     return None
 
 
@@ -351,8 +362,9 @@ def _decide_input(
 
 
 def _claim(outcome: Outcome, claimant: str) -> Outcome:
-    """A claim on an invoice or a reversal target: final (with the result) once its money
-    has moved, else naming the command whose outcome says whether it still holds."""
+    """A claim on an invoice, a reversal target or an alias: final (with the result) once
+    its money has moved (an alias's at once), else naming the command whose outcome says
+    whether it still holds."""
     done = outcome.result is not None and outcome.hold is None and not outcome.legs
     return Outcome(
         fingerprint=outcome.fingerprint,
@@ -385,7 +397,7 @@ def _assert_invariants(
 
 class Outputs(NamedTuple):
     """What deciding one input produces, before it is stored as its outcome. `claim`: the
-    key of the invoice or reversal claim the command takes."""
+    key of the invoice, reversal or alias claim the command takes."""
 
     result: Result | None = None
     journal: Sequence[JournalEvent] = ()
@@ -479,7 +491,8 @@ def _open_account(state: _State, command: OpenAccount, ts: int, digest: str) -> 
     event = _event(
         command, ts, "account_opened", command.currency, overdraft_limit=command.overdraft_limit
     )
-    return Outputs(_accepted(command, digest), [replaced(event, limits=limits)])
+    event = replaced(event, limits=limits, low_balance=command.low_balance)
+    return Outputs(_accepted(command, digest), [event])
 
 
 def _set_limits(state: _State, command: SetLimits, ts: int, digest: str) -> Outputs:
@@ -501,7 +514,10 @@ def _set_limits(state: _State, command: SetLimits, ts: int, digest: str) -> Outp
     overdraft = account.overdraft_limit if overdraft is None else overdraft
     state.put(command.account, replaced(account, limits=limits, overdraft_limit=overdraft))
     event = _event(command, ts, "limits_set", account.currency, overdraft_limit=overdraft)
-    return Outputs(_accepted(command, digest), [replaced(event, limits=limits)])
+    # The writer does not keep the low-balance threshold (nothing it decides reads it): the
+    # event carries it when given, and the read side keeps the last one.
+    event = replaced(event, limits=limits, low_balance=command.low_balance)
+    return Outputs(_accepted(command, digest), [event])
 
 
 def _close_account(state: _State, command: CloseAccount, ts: int, digest: str) -> Outputs:
@@ -883,8 +899,9 @@ def _original(state: _State, account: str, target: str) -> Outcome | None:
 
 
 def _claim_status(state: _State, key: str) -> Literal["free", "pending", "done"]:
-    """An invoice's or a reversal target's claim: done once its money moved, pending while
-    its payment or reversal may still do so, free when there is none (or it failed)."""
+    """An invoice's, a reversal target's or an alias's claim: done once its money moved (an
+    alias's once registered), pending while its payment or reversal may still do so, free
+    when there is none (or it failed)."""
     claim = state.outcome(key)
     if claim is None:
         return "free"
@@ -905,6 +922,19 @@ def _paid_claim(state: _State, key: str, result: Result) -> Outcome:
     claim = state.outcome(key)
     assert claim is not None and claim.claimed_by is not None
     return replaced(claim, result=result)
+
+
+def _register_alias(state: _State, command: RegisterAlias, ts: int, digest: str) -> Outputs:
+    """The alias's claim makes it unique: only this partition's writer decides it. The
+    target lives on another partition, so it is not checked; an alias event moves nothing."""
+    assert command.account.startswith(ALIAS_PREFIX) and not _check_reserved(command.target)
+    claim = alias_key(command.account)
+    if _claim_status(state, claim) != "free":
+        return _refused(command, Code.ALIAS_TAKEN, digest)
+    # After this point the registration must succeed.
+    event = replaced(_event(command, ts, "alias_registered", ""), target=command.target)
+    result = _accepted(command, digest, None, command.target)
+    return Outputs(result, [event], claim=claim)
 
 
 def _pay_out(
@@ -944,7 +974,9 @@ def _pay_out(
 
 
 def _check_reserved(*names: str) -> Code | None:
-    return Code.ACCOUNT_RESERVED if any(name.startswith("@") for name in names) else None
+    """System accounts and aliases are never an account a command acts on or pays."""
+    reserved = any(name.startswith(("@", ALIAS_PREFIX)) for name in names)
+    return Code.ACCOUNT_RESERVED if reserved else None
 
 
 def _check_amount(amount: int, smallest: int) -> Code | None:
@@ -1164,6 +1196,7 @@ _HANDLERS: dict[type, Callable[[_State, Any, int, str], Outputs]] = {
     PayInvoice: _pay_invoice,
     ConfirmPayment: _confirm_payment,
     FailPayment: _confirm_payment,
+    RegisterAlias: _register_alias,
 }
 
 

@@ -26,8 +26,12 @@ from pydantic import (
 from ledger_stream.codes import Code
 from ledger_stream.money import AMOUNT_MAX, BALANCE_MAX, CURRENCY_EXPONENTS, parse_amount
 
-IDENTIFIER_PATTERN = r"^[A-Za-z0-9@._:/+=-]+$"
+IDENTIFIER_CHARS = "A-Za-z0-9@._:/+=-"
+IDENTIFIER_PATTERN = rf"^[{IDENTIFIER_CHARS}]+$"
 IDENTIFIER_CHARS_MAX = 128
+# An account id that starts with this names an alias (`alias:bob@example.com`): only
+# `register_alias` may name one; every other command naming one is refused (account_reserved).
+ALIAS_PREFIX = "alias:"
 Identifier = Annotated[
     str, Field(min_length=1, max_length=IDENTIFIER_CHARS_MAX, pattern=IDENTIFIER_PATTERN)
 ]
@@ -92,11 +96,14 @@ class CommandBase(Message):
         return {
             k: v.model_dump() if isinstance(v, BaseModel) else v
             for k, v in self.__dict__.items()
-            if k not in _NOT_FINGERPRINTED
+            if k not in _NOT_FINGERPRINTED and not (v is None and k in _FINGERPRINTED_WHEN_GIVEN)
         }
 
 
 _NOT_FINGERPRINTED = ("reply_partition", "metadata")
+# Fields added after commands without them were decided: left out while absent, so that the
+# digest of such a command, kept in its outcome, is still the digest of its repeat.
+_FINGERPRINTED_WHEN_GIVEN = ("low_balance",)
 
 
 class CurrencyField(Message):
@@ -155,14 +162,24 @@ class OpenAccount(CommandBase, CurrencyField):
     limits: AccountLimits | None = Field(
         default=None, description="Absent: the configured default (LEDGER_DEFAULT_LIMITS)"
     )
+    low_balance: LimitAmount | None = Field(
+        default=None,
+        description="Notify when the posted balance falls below this many minor units",
+    )
 
 
 class SetLimits(CommandBase):
-    """Replaces the account's limits (when given) and its overdraft limit (when given)."""
+    """Replaces the account's limits, its overdraft limit and its low-balance threshold,
+    each when given."""
 
     type: Literal["set_limits"]
     limits: AccountLimits | None = None
     overdraft_limit: LimitAmount | None = Field(default=None, description="In minor units")
+    low_balance: LimitAmount | None = Field(
+        default=None,
+        description="Notify when the posted balance falls below this many minor units; "
+        "replaced when given",
+    )
 
 
 class Deposit(CommandBase, AmountFields):
@@ -248,6 +265,30 @@ class FailPayment(CommandBase):
     invoice_id: Identifier
 
 
+class RegisterAlias(CommandBase):
+    """Registers the alias `account` (`alias:<name>`) for the account `target`, once and for
+    good. The alias is the message key, so one writer, its partition's, decides every
+    registration of it. The target is not checked: it lives on another partition."""
+
+    type: Literal["register_alias"]
+    account: str = Field(
+        max_length=IDENTIFIER_CHARS_MAX,
+        pattern=rf"^{ALIAS_PREFIX}[{IDENTIFIER_CHARS}]+$",
+        description=f"The alias, {ALIAS_PREFIX}<name>; the message key",
+    )
+    target: Identifier = Field(description="The account the alias names")
+
+    @field_validator("target")
+    @classmethod
+    def _an_account(cls, value: str) -> str:
+        if value.startswith((ALIAS_PREFIX, "@")):
+            raise ValueError(
+                f"the target must be a customer account, not an alias ({ALIAS_PREFIX}...) "
+                "or a system account (@...)"
+            )
+        return value
+
+
 Command = Annotated[
     OpenAccount
     | SetLimits
@@ -262,7 +303,8 @@ Command = Annotated[
     | Reverse
     | PayInvoice
     | ConfirmPayment
-    | FailPayment,
+    | FailPayment
+    | RegisterAlias,
     Field(discriminator="type"),
 ]
 COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
@@ -393,6 +435,7 @@ class JournalEvent(WriterMessage, frozen=True):
         "hold_expired",
         "reversal",
         "invoice_payment",
+        "alias_registered",
     ]
     account: Annotated[
         str, Meta(description="The account this event is about (its writer posted it)")
@@ -414,6 +457,16 @@ class JournalEvent(WriterMessage, frozen=True):
     ] = None
     reverses: Annotated[str | None, Meta(description="reversal: the command reversed")] = None
     invoice_id: str | None = None
+    target: Annotated[
+        str | None, Meta(description="alias_registered: the account the alias names")
+    ] = None
+    low_balance: Annotated[
+        int | None,
+        Meta(
+            description="account_opened and limits_set: the low-balance threshold (minor "
+            "units), when the command gave one"
+        ),
+    ] = None
     seq: (
         Annotated[int, Meta(ge=1, description="Position in its journal partition's chain, from 1")]
         | None

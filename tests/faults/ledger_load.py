@@ -5,7 +5,8 @@ clean, the journal equal to what the accepted results say, each commit by its ow
 The load is a mix of every command that moves money — deposits, withdrawals, transfers,
 holds posted (in part) or voided, invoice payments through the ledger and through a card
 gateway (confirmed or failed), and reversals of earlier commands — over accounts on every
-partition, so most of it crosses partitions and some runs out of funds. Outcomes depend on
+partition, so most of it crosses partitions and some runs out of funds; and aliases
+registered for those accounts, some twice (for one account or another). Outcomes depend on
 the order the writers see commands, so what the books must hold is computed from the results
 the client receives: a sum of accepted movements does not depend on the order.
 """
@@ -44,6 +45,7 @@ from ledger_stream.messages import (
     PayInvoice,
     PlaceHold,
     PostHold,
+    RegisterAlias,
     Result,
     Reverse,
     StateRecord,
@@ -136,7 +138,8 @@ def new_command(
 
 # The rejections the load may meet between open accounts of one currency: too little money,
 # and the second command of a pair whose first was refused (a hold, a payment) or that names
-# what was done already or is under way (an invoice paid, a command reversed).
+# what was done already or is under way (an invoice paid, a command reversed, an alias
+# registered).
 LOAD_CODES = (
     Code.INSUFFICIENT_FUNDS,
     Code.HOLD_NOT_FOUND,
@@ -144,6 +147,7 @@ LOAD_CODES = (
     Code.INVOICE_ALREADY_PAID,
     Code.INVOICE_PAYMENT_PENDING,
     Code.ALREADY_REVERSED,
+    Code.ALIAS_TAKEN,
 )
 
 
@@ -153,10 +157,12 @@ def random_commands(
     count: int,
     done: Sequence[Command] = (),
 ) -> list[Command]:
-    """About `count` commands of every kind that moves money; amounts large enough that some
-    debits find too little money. A hold comes with its post or void, a card payment with its
-    confirmation or failure, after it (same account, same partition, in order); reversals
-    pick from `done`, commands accepted before."""
+    """About `count` commands of every kind that moves money, and alias registrations;
+    amounts large enough that some debits find too little money. A hold comes with its post
+    or void, a card payment with its confirmation or failure, after it (same account, same
+    partition, in order); reversals pick from `done`, commands accepted before; an alias is
+    sometimes registered twice at once, the second for the same account or another (one of
+    the two is refused, whichever its writer reads second)."""
     commands: list[Command] = []
     reversible = [
         c
@@ -202,7 +208,12 @@ def random_commands(
                 commands.append(
                     new_command(rng, "pay_invoice", source, destination=destination, **invoice)
                 )
-        elif roll < 0.92:
+        elif roll < 0.89:
+            alias = f"alias:{rng.getrandbits(32):08x}@example.com"
+            commands.append(new_alias(rng, alias, source))
+            if rng.random() < 0.4:
+                commands.append(new_alias(rng, alias, rng.choice([source, destination])))
+        elif roll < 0.94:
             invoice = f"inv-{rng.getrandbits(32):08x}"
             pay = new_command(
                 rng,
@@ -234,6 +245,12 @@ def random_commands(
     return commands
 
 
+def new_alias(rng: random.Random, alias: str, account: str) -> Command:
+    return command(
+        type="register_alias", command_id=command_id(rng, "alias"), account=alias, target=account
+    )
+
+
 @dataclass
 class Expected:
     """What the accepted results add up to: balances, and the journal entries they post."""
@@ -254,10 +271,11 @@ class Expected:
             self.maybe_refunded.add(command.command_id)
         if result.status != "accepted":
             return
-        if isinstance(command, (PlaceHold, VoidHold, FailPayment)) or (
+        if isinstance(command, (PlaceHold, VoidHold, FailPayment, RegisterAlias)) or (
             isinstance(command, PayInvoice) and command.channel != "ledger"
         ):
-            self.entry_ids.add(f"{command.command_id}:0")  # reserved or released: no movement
+            # Reserved or released, or an alias registered: no movement.
+            self.entry_ids.add(f"{command.command_id}:0")
             return
         if moving is None:
             return

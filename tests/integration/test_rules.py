@@ -1,6 +1,7 @@
-"""Limits, holds, invoice payments and reversals end to end: commands through `LedgerClient`
-(or, where the record time matters, records stamped by the test) to one real worker on the
-embedded broker, answers read back from the results, receipts and journal topics.
+"""Limits, holds, invoice payments, reversals and aliases end to end: commands through
+`LedgerClient` (or, where the record time matters, records stamped by the test) to one real
+worker on the embedded broker, answers read back from the results, receipts and journal
+topics.
 
 The last tests replay the module's commands, with their record times, into a fresh ledger
 from offset 0 and expect the same decisions, and audit the books.
@@ -310,6 +311,39 @@ async def test_reversals_post_the_opposite_once_and_never_of_a_reversal(
     floor = await client.reverse(bob, dep.command_id)
     rejected_with(floor, Code.INSUFFICIENT_FUNDS)
     assert floor.reason is not None and dep.command_id in floor.reason
+
+
+# --- aliases -------------------------------------------------------------------------------
+
+
+async def test_an_alias_is_registered_once_and_the_audit_stays_clean(
+    client: LedgerClient, module_ledger: Settings, on: Callable[[int, str], str]
+) -> None:
+    bob, eve = on(0, "bob"), on(1, "eve")
+    await opened(client, bob, eve, funds=0, low_balance=500)
+    alias = "alias:bob@example.com"
+    first = await client.register_alias(alias, bob)
+    assert (first.status, first.account, first.destination) == ("accepted", alias, bob)
+    rejected_with(await client.register_alias(alias, eve), Code.ALIAS_TAKEN)
+    rejected_with(await client.register_alias(alias, bob), Code.ALIAS_TAKEN)
+    again = await client.register_alias(alias, bob, command_id=first.command_id)
+    assert (again.status, again.duplicate) == ("accepted", True)
+    rejected_with(await client.open_account(alias, "USD"), Code.ACCOUNT_RESERVED)
+    assert (await client.set_limits(bob, low_balance=100)).status == "accepted"
+
+    events = await journal(module_ledger)
+    registered = [e for e in events if e.kind == "alias_registered" and e.account == alias]
+    assert [(e.command_id, e.target, e.postings) for e in registered] == [
+        (first.command_id, bob, [])
+    ]
+    thresholds = [
+        (e.kind, e.low_balance)
+        for e in events
+        if e.account == bob and e.kind in ("account_opened", "limits_set")
+    ]
+    assert thresholds == [("account_opened", 500), ("limits_set", 100)]
+    report = await audit(module_ledger)
+    assert report.ok, report.text()
 
 
 # --- the module's books --------------------------------------------------------------------

@@ -1,13 +1,13 @@
 """An independent reference ledger for the stateful tests (our `auditor.zig`).
 
-Plain dicts of accounts, holds, invoice and reversal claims and seen ids; it imports nothing
-from `ledger_stream.core`. For every command or leg a partition's writer decides, it predicts
-the result, the journal entries, the legs and the receipts, from the rules of the README
-("Commands", "Limits", "Holds (two-phase transfers)", "Invoice payments", "Reversals",
-"Rejection codes, in precedence order", "Cross-partition transfers"): the first code that
-applies by level wins, cross-partition money goes through `@transit` with a credit leg
-answered by a settle or a refund leg, repeats are answered with the original outcome, legs
-that no transfer sent are refused.
+Plain dicts of accounts, holds, invoice and reversal claims, aliases and seen ids; it imports
+nothing from `ledger_stream.core`. For every command or leg a partition's writer decides, it
+predicts the result, the journal entries, the legs and the receipts, from the rules of the
+README ("Commands", "Limits", "Holds (two-phase transfers)", "Invoice payments", "Reversals",
+"Aliases", "Rejection codes, in precedence order", "Cross-partition transfers"): the first
+code that applies by level wins, cross-partition money goes through `@transit` with a credit
+leg answered by a settle or a refund leg, repeats are answered with the original outcome,
+legs that no transfer sent are refused.
 
 Where the README leaves something open (the order of two checks at one level, what a field
 holds), the model takes the core's reading; each such place says `README silent` or
@@ -26,6 +26,7 @@ BALANCE_MAX = 2**63 - 1
 DAY_MS = 86_400_000
 WORLD = "@world"
 TRANSIT = "@transit"
+ALIAS = "alias:"  # what an alias starts with ("Aliases")
 # The codes a destination refuses a credit with; a refund carrying any other is forged.
 DESTINATION_CODES = (
     "exists_with_different_payload",
@@ -187,6 +188,8 @@ class ModelEntry:
     invoice_id: str | None = None
     overdraft_limit: int | None = None
     limits: ModelLimits | None = None
+    low_balance: int | None = None
+    target: str | None = None
     metadata: Metadata = None
 
 
@@ -246,6 +249,7 @@ class ModelLedger:
     holds: dict[tuple[int, str], ModelHold] = field(default_factory=dict)
     invoices: dict[tuple[int, str, str], _Claim] = field(default_factory=dict)  # (p, payer, id)
     reversals: dict[tuple[int, str], str] = field(default_factory=dict)  # (p, target): reversal
+    aliases: dict[tuple[int, str], str] = field(default_factory=dict)  # (p, alias): its account
     sends: dict[tuple[int, str], _Send] = field(default_factory=dict)
 
     def apply(self, partition: int, message: Any, ts: int) -> Prediction:
@@ -325,7 +329,11 @@ class ModelLedger:
     # The checks, each at its level of the table.
 
     def _reserved(self, *names: str | None) -> None:
-        _refuse_if(any(n is not None and n.startswith("@") for n in names), "account_reserved")
+        """System accounts, and aliases where an account goes."""
+        _refuse_if(
+            any(n is not None and (n.startswith("@") or n.startswith(ALIAS)) for n in names),
+            "account_reserved",
+        )
 
     def _open(self, name: str) -> ModelAccount:
         account = self.accounts.get(name)
@@ -418,6 +426,7 @@ class ModelLedger:
             command.currency,
             overdraft_limit=command.overdraft_limit,
             limits=limits,
+            low_balance=command.low_balance,
         )
         return Prediction(self._answer(command), (entry,))
 
@@ -441,8 +450,19 @@ class ModelLedger:
             account.currency,
             overdraft_limit=account.overdraft_limit,
             limits=account.limits,
+            low_balance=command.low_balance,  # as given: the writer does not keep it
         )
         return Prediction(self._answer(command), (entry,))
+
+    def _register_alias(self, partition: int, command: Any, ts: int) -> Prediction:
+        """An alias names one account, for good: the first registration on its partition
+        wins. The target is on another partition, so nothing is checked of it; the command's
+        syntax (`alias:` account, a customer account as target) is intake's."""
+        assert command.account.startswith(ALIAS) and not command.target.startswith((ALIAS, "@"))
+        _refuse_if((partition, command.account) in self.aliases, "alias_taken")
+        self.aliases[(partition, command.account)] = command.target
+        entry = self._entry(command, ts, "alias_registered", "", target=command.target)
+        return Prediction(self._answer(command, destination=command.target), (entry,))
 
     def _close_account(self, partition: int, command: Any, ts: int) -> Prediction:
         self._reserved(command.account)
@@ -1043,7 +1063,7 @@ def _leg_entry(
 def _command_payload(command: Any) -> tuple[Any, ...]:
     """What makes two commands with one id the same: not metadata, not reply_partition."""
     fields = ("type", "account", "currency", "amount", "destination", "overdraft_limit")
-    more = ("hold_id", "timeout_s", "invoice_id", "channel", "target")
+    more = ("hold_id", "timeout_s", "invoice_id", "channel", "target", "low_balance")
     return (
         *(getattr(command, name, None) for name in fields + more),
         limits_of(getattr(command, "limits", None)),
@@ -1099,6 +1119,8 @@ def model_entry_of(event: Any) -> ModelEntry:
         invoice_id=event.invoice_id,
         overdraft_limit=event.overdraft_limit,
         limits=limits_of(event.limits),
+        low_balance=event.low_balance,
+        target=event.target,
         metadata=_metadata(event.metadata),
     )
 

@@ -466,3 +466,32 @@ def test_an_account_posted_on_two_partitions_is_named() -> None:
     assert "accounts in more than one journal partition (1): alice" in named(
         report, "one_partition"
     )
+
+
+def registered(entry_id: str, alias: str, target: str) -> JournalEvent:
+    return replaced(event(entry_id, "alias_registered", alias, target=target), currency="")
+
+
+def test_a_registered_alias_is_clean_and_not_counted_as_an_account() -> None:
+    events = clean_events()
+    events[0].append(registered("al-1:0", "alias:bob@example.com", "bob"))
+
+    report = audited(build(events))
+
+    assert report.failures == []
+    assert report.figures["accounts"] == 4
+    assert report.figures["journal_events"] == 11
+
+
+def test_an_alias_registered_twice_is_named() -> None:
+    events = clean_events()
+    events[0].append(registered("al-1:0", "alias:bob@example.com", "bob"))
+    events[0].append(registered("al-2:0", "alias:bob@example.com", "carol"))
+
+    report = audited(build(events))
+
+    assert failing_checks(report) == {"once"}
+    assert (
+        "aliases registered more than once (1): alias:bob@example.com "
+        "(al-1:0 to bob, al-2:0 to carol)"
+    ) in named(report, "once")

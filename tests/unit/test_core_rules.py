@@ -1,5 +1,5 @@
 """Tables of `decide` for the rules beyond plain transfers: limits, holds, invoice payments,
-reversals, and metadata on journal events.
+reversals, aliases, and metadata on journal events.
 
 The ledger here is two partitions, each a `fake_store.PartitionStore`: accounts whose name
 starts with "z" are on partition 1, every other account on partition 0. A command goes to the
@@ -8,7 +8,7 @@ account (`Leg.account`) until none is left, unless a step says to keep them in f
 decision's journal events are checked to balance as they are made.
 
 The README's sections "Limits", "Holds (two-phase transfers)", "Invoice payments",
-"Reversals" and "Rejection codes, in precedence order" are the specification.
+"Reversals", "Aliases" and "Rejection codes, in precedence order" are the specification.
 """
 
 from __future__ import annotations
@@ -136,6 +136,10 @@ def fail(cid: str, account: str, invoice_id: str) -> Command:
 
 def rev(cid: str, account: str, target: str) -> Command:
     return command("reverse", cid, account, target=target)
+
+
+def alias(cid: str, name: str, target: str) -> Command:
+    return command("register_alias", cid, name, target=target)
 
 
 # The ledger: two partitions, legs carried between them.
@@ -2027,6 +2031,129 @@ def test_reversals_count_toward_no_limit() -> None:
     assert (ledger.account("lim").used_amount, ledger.account("lim").used_count) == used
 
 
+# Aliases. BOB: alias:bob@example.com registered for bob (on partition 0, as bob is).
+
+BOB_MAIL = "alias:bob@example.com"
+BOB = ok(alias("a1", BOB_MAIL, "bob"))
+
+ALIAS_ROWS: list[Row] = [
+    Row("register an alias", (), BOB.command),
+    Row("an alias for an account on another partition", (), alias("a1", BOB_MAIL, "zed")),
+    Row("an alias for an account never opened (not checked)", (), alias("a1", BOB_MAIL, "ghost")),
+    Row("a second alias for one account", (BOB,), alias("a2", "alias:robert", "bob")),
+    Row("a repeat of the registration", (BOB,), BOB.command, duplicate=True),
+    Row(
+        "the alias again for the same account, under another command id",
+        (BOB,),
+        alias("a2", BOB_MAIL, "bob"),
+        "alias_taken",
+    ),
+    Row(
+        "the alias again for another account",
+        (BOB,),
+        alias("a2", BOB_MAIL, "zed"),
+        "alias_taken",
+    ),
+    Row(
+        "a refused registration leaves the alias taken",
+        (BOB, no(alias("a2", BOB_MAIL, "amy"), "alias_taken")),
+        alias("a3", BOB_MAIL, "amy"),
+        "alias_taken",
+    ),
+    Row(
+        "the registration's command id with another target",
+        (BOB,),
+        alias("a1", BOB_MAIL, "zed"),
+        "exists_with_different_payload",
+    ),
+    Row("open an account under an alias", (), open_("o1", BOB_MAIL), "account_reserved"),
+    Row(
+        "open an account under an alias it was registered as",
+        (BOB,),
+        open_("o1", BOB_MAIL),
+        "account_reserved",
+    ),
+    Row("deposit to an alias", (BOB,), dep("d1", BOB_MAIL, 5), "account_reserved"),
+    Row(
+        "transfer to an alias (the client resolves it first)",
+        (BOB,),
+        xfer("t1", "alice", BOB_MAIL, 5),
+        "account_reserved",
+    ),
+]
+
+
+@pytest.mark.parametrize("row", params(ALIAS_ROWS))
+def test_aliases(row: Row) -> None:
+    check_row(row)
+
+
+def test_a_registered_alias_is_journaled_with_its_target_and_moves_nothing() -> None:
+    ledger = Ledger()
+    before = ledger.accounts()
+    sent = ledger.send(alias("a1", BOB_MAIL, "bob"), T0 + 5)
+    result = sent.result
+    assert (result.status, result.account, result.destination, result.amount) == (
+        "accepted",
+        BOB_MAIL,
+        "bob",
+        None,
+    )
+    (event,) = sent.journal
+    assert (event.entry_id, event.kind, event.account, event.target) == (
+        "a1:0",
+        "alias_registered",
+        BOB_MAIL,
+        "bob",
+    )
+    assert (event.postings, event.currency, event.timestamp_ms) == ([], "", T0 + 5)
+    assert ledger.accounts() == before
+    # The claim on the alias is the alias itself, final at once.
+    claim = ledger.store(BOB_MAIL).outcomes[BOB_MAIL]
+    assert (claim.claimed_by, claim.result) == ("a1", result)
+
+
+def test_a_refused_registration_does_not_change_whom_the_alias_names() -> None:
+    ledger = Ledger()
+    play(ledger, [BOB])
+    claim = ledger.store(BOB_MAIL).outcomes[BOB_MAIL]
+    refused = ledger.send(alias("a2", BOB_MAIL, "zed"))
+    assert (refused.result.code, refused.result.reason) == (
+        "alias_taken",
+        "alias is registered to another account",
+    )
+    assert refused.first.journal == [] and BOB_MAIL not in refused.first.outcomes
+    assert ledger.store(BOB_MAIL).outcomes[BOB_MAIL] == claim
+
+
+# The low-balance threshold: copied onto the events, deciding nothing.
+
+
+def test_low_balance_lands_on_the_account_opened_and_limits_set_events() -> None:
+    ledger = Ledger()
+    opened = ledger.send(command("open_account", "o1", "dan", currency="USD", low_balance=500))
+    (event,) = opened.journal
+    assert (event.kind, event.low_balance) == ("account_opened", 500)
+    # Given alone, set_limits keeps the limits and the overdraft and journals them.
+    ledger.send(set_limits("s0", "dan", overdraft_limit=40))
+    only = ledger.send(set_limits("s1", "dan", low_balance=20))
+    assert only.result.status == "accepted"
+    (event,) = only.journal
+    assert (event.kind, event.low_balance, event.overdraft_limit) == ("limits_set", 20, 40)
+    # Left out, it is left out of the event too (the last one given stays in force).
+    (event,) = ledger.send(set_limits("s2", "dan", overdraft_limit=0)).journal
+    assert event.low_balance is None
+    (event,) = ledger.send(open_("o2", "eve")).journal
+    assert event.low_balance is None
+
+
+def test_low_balance_decides_nothing() -> None:
+    ledger = Ledger()
+    play(ledger, [ok(command("open_account", "o1", "dan", currency="USD", low_balance=500))])
+    play(ledger, [ok(dep("d1", "dan", 600)), ok(wd("w1", "dan", 550))])
+    assert ledger.account("dan") == usd(credits_posted=600, debits_posted=550)
+
+
 # Metadata travels into the command's journal event.
 
 META = {"order": "o-42", "by": "checkout"}
@@ -2052,6 +2179,7 @@ METADATA_CASES: list[tuple[str, list[Step], Command]] = [
     ("fail_payment", [CARD], fail("f1", "alice", "inv-1")),
     ("reverse", [ok(dep("d1", "alice", 5))], rev("r1", "alice", "d1")),
     ("reverse across partitions", [ok(xfer("t1", "alice", "zed", 5))], rev("r1", "zed", "t1")),
+    ("register_alias", [], BOB.command),
 ]
 
 
@@ -2075,7 +2203,7 @@ def test_metadata_travels_into_the_commands_journal_event(
 
 # Every rejection code of the core is produced by a row here or in test_core.py.
 
-ALL_ROWS = [*LIMIT_ROWS, *HOLD_ROWS, *INVOICE_ROWS, *REVERSAL_ROWS]
+ALL_ROWS = [*LIMIT_ROWS, *HOLD_ROWS, *INVOICE_ROWS, *REVERSAL_ROWS, *ALIAS_ROWS]
 
 
 def test_row_cases_are_unique() -> None:
@@ -2104,6 +2232,7 @@ def test_every_code_of_the_core_is_produced_by_a_row_here_or_in_test_core() -> N
         "hold_not_expired",
         "amount_exceeds_hold",
         "limit_exceeded",
+        "alias_taken",
     }
     assert new_rules <= here
 
@@ -2140,6 +2269,7 @@ def test_every_journal_event_of_every_decision_balances() -> None:
         "invoice_payment",
         "transfer_credit",
         "transfer_refund",
+        "alias_registered",
     }
     assert any(event.pending for event in events)
     assert any(event.released and event.postings for event in events)

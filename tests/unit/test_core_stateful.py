@@ -4,7 +4,8 @@ Two simulated partitions (a* accounts on 0, b* accounts on 1) each run the core 
 own in-memory store; the legs one emits wait in a queue until the other decides them. Every
 command type is sent: accounts opened with and without limits, limits set, money moved at
 once or held (posted in full or in part, voided, expired), invoices paid through the ledger
-or an external channel (confirmed, failed), and reversals of all of these. Record time is a
+or an external channel (confirmed, failed), reversals of all of these, and aliases
+registered (often one taken already) or named where an account goes. Record time is a
 clock that mostly creeps forward, sometimes jumps over a UTC midnight and sometimes goes a
 little backwards, so daily limits and hold deadlines meet both. Now and then a forged leg is
 put on the legs topic by hand; and each partition's journal is checked to be one unbroken
@@ -55,6 +56,8 @@ ALL_ACCOUNTS = ACCOUNTS[0] + ACCOUNTS[1]
 # Mostly one currency, so that money moves; the others make currency_mismatch.
 CURRENCIES = ("USD",) * 6 + ("EUR", "JPY")
 SYSTEM = ("@world", "@transit")
+# Few, so that most registrations find their alias taken; on the partition of their name.
+ALIASES = {0: ("alias:a.one@x.org", "alias:a.two@x.org"), 1: ("alias:b.one@x.org",)}
 KINDS = (
     ("open_account",) * 2
     + ("set_limits",) * 2
@@ -68,6 +71,7 @@ KINDS = (
     + ("pay_invoice",) * 2
     + ("confirm_payment", "fail_payment")
     + ("reverse",) * 2
+    + ("register_alias",) * 2
 )
 MOVES = ("deposit", "withdraw", "transfer", "hold", "pay_invoice")
 HOLD_COMMANDS = ("post_hold", "void_hold", "expire_hold")
@@ -85,8 +89,9 @@ DEFAULT_LIMITS: tuple[dict[str, Any] | None, ...] = (
 
 
 def partition_of(account: str) -> int:
-    # System accounts are named only to be refused; give them a partition all the same.
-    return 1 if account.startswith("b") else 0
+    # System accounts are named only to be refused; give them a partition all the same. An
+    # alias is on the partition of its name.
+    return 1 if account.removeprefix("alias:").startswith("b") else 0
 
 
 small_amounts = st.integers(min_value=1, max_value=300)
@@ -115,6 +120,7 @@ limits = st.fixed_dictionaries(
         ),
     },
 )
+low_balances = st.one_of(st.none(), st.sampled_from([0, 50, 1_000]))
 # Seconds: the clock moves in steps of up to a few seconds, so deadlines pass.
 timeouts = st.one_of(st.none(), st.integers(min_value=1, max_value=6))
 
@@ -289,7 +295,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def fresh_command(self, draw: Any, partition: int, command_id: str) -> dict[str, Any]:
         """A new command for an account of `partition` (sometimes a system account), often
         aimed at what earlier commands left: a hold, a payment, a command to reverse."""
-        own = (ACCOUNTS[partition] * 4 + (SYSTEM[0],)) if partition == 0 else ACCOUNTS[partition]
+        own = ACCOUNTS[partition] * 4 + ALIASES[partition][:1]  # an alias: to be refused
+        if partition == 0:
+            own += (SYSTEM[0],)
         kind = draw(st.sampled_from(KINDS))
         command: dict[str, Any] = {
             "type": kind,
@@ -307,13 +315,20 @@ class LedgerMachine(RuleBasedStateMachine):
             command["overdraft_limit"] = draw(overdraft_limits)
             if draw(st.integers(0, 2)) == 0:
                 command["limits"] = draw(limits)
+        if kind in ("open_account", "set_limits"):
+            command["low_balance"] = draw(low_balances)
         if kind == "set_limits":
             command["limits"] = draw(st.none() | limits)
             command["overdraft_limit"] = draw(st.none() | st.just(0) | st.integers(0, 300))
+        if kind == "register_alias":
+            command["account"] = draw(st.sampled_from(ALIASES[partition]))
+            command["target"] = draw(st.sampled_from((*ALL_ACCOUNTS, "never-opened")))
         if kind in MOVES:
             command["amount"] = draw(amounts)
         if kind in ("transfer", "hold", "pay_invoice"):
-            command["destination"] = draw(st.sampled_from(ALL_ACCOUNTS * 4 + SYSTEM))
+            command["destination"] = draw(
+                st.sampled_from(ALL_ACCOUNTS * 4 + SYSTEM + ALIASES[0][:1])
+            )
         if kind == "hold":
             command["timeout_s"] = draw(timeouts)
         if kind == "pay_invoice":
@@ -698,6 +713,23 @@ class LedgerMachine(RuleBasedStateMachine):
             if event.kind == "reversal" and f"{event.command_id}:2" not in self.journal
         )
         assert all(count == 1 for count in standing.values()), standing
+
+    @invariant()
+    def an_alias_names_at_most_one_account(self) -> None:
+        """One alias_registered event per alias, naming the account the model says, and the
+        alias's claim on its partition says the same."""
+        registered: dict[str, list[str | None]] = defaultdict(list)
+        for event in self.journal.values():
+            if event.kind == "alias_registered":
+                assert event.postings == [] and event.currency == "", event.entry_id
+                registered[event.account].append(event.target)
+        assert all(len(targets) == 1 for targets in registered.values()), registered
+        expected = {alias: target for (_, alias), target in self.model.aliases.items()}
+        assert {alias: targets[0] for alias, targets in registered.items()} == expected
+        for (partition, alias), target in self.model.aliases.items():
+            assert partition_of(alias) == partition
+            claim = self.stores[partition].outcomes[alias]
+            assert claim.result is not None and claim.result.destination == target
 
 
 LedgerMachine.TestCase.settings = settings(

@@ -16,7 +16,7 @@ from ledger_stream.intake import (
     Record,
     read_record,
 )
-from ledger_stream.messages import Deposit, Leg, OpenAccount
+from ledger_stream.messages import Deposit, Leg, OpenAccount, RegisterAlias
 
 HERE = {"alice", "bob"}  # accounts of partition 3 in these tests
 
@@ -44,6 +44,18 @@ def deposit(**changes: Any) -> dict[str, Any]:
         "account": "alice",
         "currency": "USD",
         "amount": "12.50",
+        "reply_partition": 2,
+    }
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def register_alias(**changes: Any) -> dict[str, Any]:
+    body = {
+        "type": "register_alias",
+        "command_id": "c1",
+        "account": "alias:bob@example.com",
+        "target": "bob",
         "reply_partition": 2,
     }
     body.update(changes)
@@ -148,6 +160,13 @@ REJECTED = [
     ("missing currency", deposit(currency=None), "invalid_currency", 2),
     ("negative reply partition", deposit(amount=1.5, reply_partition=-1), "invalid_amount", None),
     ("string reply partition", deposit(amount=1.5, reply_partition="2"), "invalid_amount", None),
+    ("alias without its prefix", register_alias(account="bob"), "invalid_command", 2),
+    ("alias with an empty name", register_alias(account="alias:"), "invalid_command", 2),
+    ("alias with a bad name", register_alias(account="alias:bob smith"), "invalid_command", 2),
+    ("alias to an alias", register_alias(target="alias:robert"), "invalid_command", 2),
+    ("alias to a system account", register_alias(target="@world"), "invalid_command", 2),
+    ("alias without a target", register_alias(target=None), "invalid_command", 2),
+    ("alias with an amount", register_alias(amount=5), "invalid_command", 2),
 ]
 
 
@@ -173,6 +192,31 @@ def test_the_dead_letter_error_names_the_field_at_fault() -> None:
     letter = dead_letter(encode(deposit(amount=12.5)))
     assert "amount" in letter.error
     assert "float" in letter.error
+
+
+@pytest.mark.parametrize(
+    ("value", "field", "words"),
+    [
+        (register_alias(account="bob"), "register_alias.account", "alias:"),
+        (register_alias(target="alias:robert"), "register_alias.target", "not an alias"),
+        (register_alias(target="@world"), "register_alias.target", "system account"),
+    ],
+    ids=["account", "target is an alias", "target is a system account"],
+)
+def test_a_refused_alias_registration_names_the_field_at_fault(
+    value: dict[str, Any], field: str, words: str
+) -> None:
+    letter = dead_letter(encode(value))
+    assert letter.error.startswith(f"{field}: ")
+    assert words in letter.error
+
+
+def test_an_alias_registration_is_read_on_the_alias_partition() -> None:
+    read = read_record(record(encode(register_alias())), lambda account: account.startswith("a"))
+    assert read.dead_letter is None
+    (only,) = read.inputs
+    assert isinstance(only.message, RegisterAlias)
+    assert (only.message.account, only.message.target) == ("alias:bob@example.com", "bob")
 
 
 @pytest.mark.parametrize(

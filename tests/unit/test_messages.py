@@ -228,6 +228,26 @@ def test_fingerprint_fields_differ_when_the_amount_differs() -> None:
     assert one.fingerprint_fields() != other.fingerprint_fields()
 
 
+def test_a_command_without_low_balance_keeps_the_fingerprint_it_had_before_the_field() -> None:
+    """An outcome decided before `low_balance` existed holds the digest of the command
+    without it; a repeat of that command must still match it."""
+    opened = COMMAND_ADAPTER.validate_json(wire("open_account"))
+    assert set(opened.fingerprint_fields()) == {
+        "type",
+        "command_id",
+        "account",
+        "currency",
+        "overdraft_limit",
+        "limits",
+    }
+    limited = COMMAND_ADAPTER.validate_python(
+        {"type": "set_limits", "command_id": "c1", "account": "alice", "overdraft_limit": 5}
+    )
+    assert "low_balance" not in limited.fingerprint_fields()
+    given = COMMAND_ADAPTER.validate_json(wire("open_account", low_balance=100))
+    assert given.fingerprint_fields() == {**opened.fingerprint_fields(), "low_balance": 100}
+
+
 def test_commands_are_frozen() -> None:
     command = COMMAND_ADAPTER.validate_json(wire("deposit"))
     with pytest.raises(ValidationError):
