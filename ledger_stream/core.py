@@ -651,6 +651,7 @@ def _hold(
         hold_id=command.command_id,
         pending=_pair(command.account, counter, amount),
         invoice_id=invoice,
+        counterparty=command.destination,
     )
     hold = Hold(
         source=command.account,
@@ -951,6 +952,9 @@ def _pay_out(
     once when the destination is `local` (or @world), else to @transit with a credit leg,
     the result waiting for the destination's writer."""
     source = source or command.account
+    if destination != WORLD:
+        other = destination if event.account == source else source
+        event = replaced(event, counterparty=other)
     if local:
         postings = _move(state, source, destination, amount)
         result = _accepted(command, digest, amount, None if destination == WORLD else destination)
@@ -1293,6 +1297,7 @@ def _leg_event(
         currency=leg.currency,
         timestamp_ms=timestamp_ms,
         postings=postings,
+        counterparty=leg.source if leg.account == leg.destination else leg.destination,
     )
 
 

@@ -460,6 +460,14 @@ class JournalEvent(WriterMessage, frozen=True):
     target: Annotated[
         str | None, Meta(description="alias_registered: the account the alias names")
     ] = None
+    counterparty: Annotated[
+        str | None,
+        Meta(
+            description="The other account of a movement between two: a transfer's (or "
+            "payment's, hold post's, reversal's) destination on its source's event, its "
+            "source on the credit's, its destination on a refund's"
+        ),
+    ] = None
     low_balance: Annotated[
         int | None,
         Meta(
