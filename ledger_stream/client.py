@@ -39,11 +39,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.cluster import ClusterMetadata
 
 from ledger_stream.core import fingerprint
-from ledger_stream.errors import ConfigurationError, ResultTimeout, SendFailed
+from ledger_stream.errors import ConfigurationError, ReadFailed, ResultTimeout, SendFailed
 from ledger_stream.intake import RECORD_BYTES_MAX
 from ledger_stream.kafka.retry import started
-from ledger_stream.messages import COMMAND_ADAPTER, Command, Result, from_builtins
+from ledger_stream.messages import ALIAS_PREFIX, COMMAND_ADAPTER, Command, Result, from_builtins
 from ledger_stream.partitioning import partition_of
+from ledger_stream.reads import HttpReads
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class LedgerClient:
         connect_attempts_max: int = 5,
         in_flight_max: int = 10_000,
         fetch_wait_ms: int = 500,
+        http_url: str | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.commands_topic = f"{topic_prefix}commands"
@@ -104,6 +106,8 @@ class LedgerClient:
         self._unreported: list[SendFailed] = []
         # Called with every result read from the reply partition (see `watch_results`).
         self._watchers: list[Callable[[dict[str, Any]], None]] = []
+        # Reads, and aliases in commands, go to a worker's HTTP API (any worker).
+        self._reads = None if http_url is None else HttpReads(http_url)
 
     async def __aenter__(self) -> LedgerClient:
         await self.start()
@@ -191,6 +195,8 @@ class LedgerClient:
         for client in (self._consumer, self._producer):
             if client is not None:
                 await client.stop()
+        if self._reads is not None:
+            await self._reads.close()
         self._reader, self._consumer, self._producer = None, None, None
         for waiting in self._waiting.values():
             for _, future in waiting:
@@ -316,6 +322,59 @@ class LedgerClient:
         """Register `alias` (`alias:<name>`) for `account`, once: a second registration of
         the alias, for any account, is refused `alias_taken`."""
         return await self._command("register_alias", alias, {"target": account}, **options)
+
+    # Reads, from the HTTP API of the worker at `http_url` (ledger_stream/reads.py). Each
+    # shows every command whose result this or any client has been given; a problem answer
+    # raises `ReadFailed` (its `code` says what, e.g. account_not_found).
+
+    async def account(self, account: str) -> dict[str, Any]:
+        """Balances (posted, pending, available), limits and status."""
+        return await self._http().account(account)
+
+    async def balance(self, account: str, as_of: int | str | None = None) -> dict[str, Any]:
+        """The balance now, or as of a journal time (ms since 1970, or ISO 8601)."""
+        return await self._http().balance(account, as_of)
+
+    async def history(
+        self, account: str, limit: int = 50, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """A page of history, newest first: `items`, and `next_cursor` for the next page."""
+        return await self._http().history(account, limit, cursor)
+
+    def history_items(self, account: str) -> AsyncIterator[Any]:
+        """Every history item, newest first, fetched a page at a time."""
+        return self._http().history_items(account)
+
+    async def summary(self, account: str, day: str | None = None) -> dict[str, Any]:
+        """A UTC day (YYYY-MM-DD; default today): opening and closing balance, and per event
+        kind the count, debits and credits."""
+        return await self._http().summary(account, day)
+
+    async def flags(
+        self, account: str, limit: int = 50, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """The anomaly flags raised on the account, newest first."""
+        return await self._http().flags(account, limit, cursor)
+
+    async def resolve_alias(self, alias: str) -> str | None:
+        """The account an alias (`alias:<name>`) names, None when none does."""
+        return await self._http().alias(alias)
+
+    def _http(self) -> HttpReads:
+        if self._reads is None:
+            raise ConfigurationError(
+                "reads and aliases go through a worker's HTTP API: pass http_url (e.g. "
+                "http://127.0.0.1:6066) to LedgerClient"
+            )
+        return self._reads
+
+    async def _resolved(self, name: str) -> str:
+        if not name.startswith(ALIAS_PREFIX):
+            return name
+        account = await self.resolve_alias(name)
+        if account is None:
+            raise ReadFailed(404, {"code": "alias_not_found", "detail": f"no account is {name}"})
+        return account
 
     async def submit(self, command: Command, *, attempts_max: int = 1) -> Result:
         """Publish a command and wait for its result, up to `timeout_s` per attempt.
@@ -443,6 +502,11 @@ class LedgerClient:
         attempts_max: int = 1,
     ) -> Result:
         given = {name: value for name, value in fields.items() if value is not None}
+        # An alias goes wherever an account id goes: sent as the account it names.
+        if kind != "register_alias":
+            account = await self._resolved(account)
+        if isinstance(given.get("destination"), str):
+            given["destination"] = await self._resolved(given["destination"])
         command = COMMAND_ADAPTER.validate_python(
             {
                 "type": kind,

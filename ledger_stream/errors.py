@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ledger_stream.messages import Command
@@ -90,3 +90,14 @@ def _what(command_ids: tuple[str, ...], records: int) -> str:
     if raw > 0:
         parts.append(f"{raw} raw record{'s' if raw > 1 else ''}")
     return " and ".join(parts)
+
+
+class ReadFailed(LedgerError):
+    """A read of the HTTP API was answered with a problem (application/problem+json):
+    `status` is the HTTP status, `code` the ledger's or the API's code, `problem` the body."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status = status
+        self.problem = problem
+        self.code = str(problem.get("code", "")) or None
+        super().__init__(f"HTTP {status} {self.code}: {problem.get('detail', '')}")

@@ -18,7 +18,9 @@ import aiohttp
 import pytest
 from worker_harness import Workers
 
+from ledger_stream.client import LedgerClient
 from ledger_stream.codes import Code
+from ledger_stream.errors import ReadFailed
 from ledger_stream.local import WorkerProcess
 from ledger_stream.readmodel import utc_day
 from ledger_stream.settings import Settings
@@ -272,3 +274,34 @@ async def test_rebuild_refolds_the_journal_into_read_models_identical_to_the_liv
     assert done.returncode == 0, done.stdout + done.stderr
     assert "rebuilt read models identical to the live ones" in done.stdout
     assert done.stdout.count("identical to the live read models") == module_ledger.partitions
+
+
+async def test_the_client_reads_and_pays_an_alias(
+    module_ledger: Settings, worker: WorkerProcess, on: Callable[[int, str], str]
+) -> None:
+    payer, payee = on(1, "payer"), on(2, "payee")
+    async with LedgerClient(
+        module_ledger.bootstrap_servers,
+        topic_prefix=module_ledger.topic_prefix,
+        timeout_s=60,
+        http_url=worker.url,
+    ) as client:
+        for account in (payer, payee):
+            assert (await client.open_account(account, "USD", low_balance=50)).status == "accepted"
+        await client.deposit(payer, 1_000, "USD")
+        email = f"alias:{payee}@example.com"
+        assert (await client.register_alias(email, payee)).status == "accepted"
+        assert await client.resolve_alias(email) == payee
+        assert await client.resolve_alias("alias:nobody@example.com") is None
+        paid = await client.transfer(payer, email, 120, "USD")
+        assert (paid.status, paid.destination) == ("accepted", payee)
+
+        assert (await client.balance(payee))["posted"] == 120
+        assert (await client.account(email))["account"] == payee
+        kinds = [item["kind"] async for item in client.history_items(payer)]
+        assert kinds == ["transfer_debit", "deposit", "account_opened"]
+        summary = await client.summary(payer)
+        assert summary["account"] == payer
+        with pytest.raises(ReadFailed) as failed:
+            await client.balance(on(1, "nobody"))
+        assert (failed.value.status, failed.value.code) == (404, Code.ACCOUNT_NOT_FOUND)
