@@ -79,7 +79,7 @@ def run_demo(args: argparse.Namespace) -> int:
     say = _printer(args.json)
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ledger-demo-")))
-        settings = start_local_ledger(
+        ledger = start_local_ledger(
             stack,
             workdir,
             name="demo",
@@ -87,15 +87,15 @@ def run_demo(args: argparse.Namespace) -> int:
             partitions=args.partitions,
             workers=args.workers,
             say=say,
-        ).settings
-        report = asyncio.run(_drive(args, settings, say))
+        )
+        report = asyncio.run(_drive(args, ledger.settings, ledger.workers[0].url, say))
     if args.json:
         print(json.dumps(report))
     return 0 if report["invariants_ok"] else 1
 
 
 async def _drive(
-    args: argparse.Namespace, settings: Settings, say: Callable[[str], None]
+    args: argparse.Namespace, settings: Settings, http_url: str, say: Callable[[str], None]
 ) -> dict[str, Any]:
     rng = random.Random(args.seed)
     accounts = [f"acct-{i:05d}" for i in range(args.accounts)]
@@ -107,6 +107,7 @@ async def _drive(
         timeout_s=120,
         in_flight_max=IN_FLIGHT_MAX,
         fetch_wait_ms=settings.fetch_wait_ms,
+        http_url=http_url,
     ) as client:
         say(f"opening and funding {len(accounts)} accounts (waiting for the workers to join)")
         started = time.monotonic()
@@ -124,12 +125,16 @@ async def _drive(
         await _run_transfers(client, plan, tally, say)
         elapsed = time.monotonic() - started
         rules_ok = await _walk_through_rules(client, settings.partitions, tally, say)
-    books = await _settled_books(settings, tally)
+        books = await _settled_books(settings, tally)
+        say(f"reading {len(accounts)} balances over HTTP ({http_url}/v1/accounts/<id>)")
+        read_ok = await _read_models_match(client, books, tally)
     say("auditing the ledger (ledger-stream audit)")
     audited = await audit(settings)
     for failure in audited.failures:
         say(f"  {failure.line()}")
-    report = _report(args, settings, tally, books, elapsed, dead_letters, audited.ok, rules_ok, say)
+    report = _report(
+        args, settings, tally, books, elapsed, dead_letters, audited.ok, rules_ok, read_ok, say
+    )
     report["audit"] = audited.as_dict()
     return report
 
@@ -330,6 +335,16 @@ async def _settled_books(settings: Settings, tally: Tally) -> Books:
     return books
 
 
+async def _read_models_match(client: LedgerClient, books: Books, tally: Tally) -> bool:
+    """Every account's posted balance, read from the read models over HTTP, is the
+    journal's fold."""
+    for account, currency in tally.currency_of.items():
+        read = await client.balance(account)
+        if read["posted"] != books.balance(account, currency):
+            return False
+    return True
+
+
 def _report(
     args: argparse.Namespace,
     settings: Settings,
@@ -339,6 +354,7 @@ def _report(
     dead_letters: int,
     audit_ok: bool,
     rules_ok: bool,
+    read_ok: bool,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     negative = [a for a, c in tally.currency_of.items() if books.balance(a, c) < 0]
@@ -354,6 +370,7 @@ def _report(
         "each_accepted_transfer_posted_once": transfer_events == tally.transfers_accepted,
         "audit_clean": audit_ok,
         "rules_as_documented": rules_ok,
+        "read_models_match_the_books": read_ok,
     }
     transfers_sent = sum(tally.codes.values())
     rate = transfers_sent / elapsed if elapsed else 0.0

@@ -48,6 +48,7 @@ def test_demo_balances_the_books_and_reports_json() -> None:
     assert all(report["checks"].values())
     assert report["checks"]["audit_clean"] is True
     assert report["checks"]["rules_as_documented"] is True
+    assert report["checks"]["read_models_match_the_books"] is True
     assert report["transfers"] == 600
     assert report["accepted"] > 0 and report["rejected"]
     assert report["dead_letters"] == 2
