@@ -35,6 +35,7 @@ from model import (
     model_receipt_of,
 )
 
+from ledger_stream.anomaly import AnomalyRules
 from ledger_stream.core import Decision, Rules
 from ledger_stream.messages import (
     COMMAND_ADAPTER,
@@ -49,6 +50,7 @@ from ledger_stream.messages import (
     to_json,
 )
 from ledger_stream.money import format_amount
+from ledger_stream.readmodel import AccountView, ReadFold, account_key
 
 DAY = 86_400_000
 ACCOUNTS = {0: ("a0", "a1", "a2"), 1: ("b0", "b1", "b2")}
@@ -214,6 +216,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.credits: dict[str, Leg] = {}  # the credit legs emitted so far, by transfer id
         self.next_id = 0
         self.clock_ms = 0
+        # The read models of each partition, folded from its decisions' journal events as the
+        # projector folds them (re-sends included), a decision at a time.
+        self.read_models: dict[int, dict[str, bytes]] = {0: {}, 1: {}}
 
     @staticmethod
     def new_stores(rules: Rules) -> dict[int, PartitionStore]:
@@ -436,6 +441,10 @@ class LedgerMachine(RuleBasedStateMachine):
         for event in decision.journal:
             first = self.journal.setdefault(event.entry_id, event)
             assert first == event, f"{event.entry_id} was re-emitted with other content"
+        read = ReadFold(self.read_models[partition].get, AnomalyRules())
+        for event in decision.journal:
+            read.event(event)
+        self.read_models[partition].update(read.out.writes)
         for receipt in decision.receipts:
             seen = model_receipt_of(receipt)
             first_receipt = self.receipts.setdefault((seen.payment_id, seen.invoice_id), seen)
@@ -647,6 +656,24 @@ class LedgerMachine(RuleBasedStateMachine):
             for name, state in store.accounts.items():
                 assert folded.get(name, (0, 0)) == (state.debits_posted, state.credits_posted)
                 assert pending.get(name, (0, 0)) == (state.debits_pending, state.credits_pending)
+
+    @invariant()
+    def the_read_models_show_the_stored_balances(self) -> None:
+        for partition, store in self.stores.items():
+            models = self.read_models[partition]
+            for name, state in store.accounts.items():
+                raw = models.get(account_key(name))
+                assert raw is not None, f"no read model of {name}"
+                view = from_json(raw, AccountView)
+                assert (view.debits_posted, view.credits_posted) == (
+                    state.debits_posted,
+                    state.credits_posted,
+                ), name
+                assert (view.debits_pending, view.credits_pending, view.status) == (
+                    state.debits_pending,
+                    state.credits_pending,
+                    state.status,
+                ), name
 
     @invariant()
     def all_accounts_with_world_and_transit_sum_to_zero(self) -> None:
