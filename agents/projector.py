@@ -47,10 +47,15 @@ logger = logging.getLogger(__name__)
 FOLDED = Counter("ledger_read_events_folded_total", "Journal events folded into read models")
 NOTIFIED = Counter("ledger_notifications_published_total", "Notifications published", ["type"])
 FLAGGED = Counter("ledger_flags_published_total", "Anomaly flags published", ["rule"])
-LAG = Gauge("ledger_read_lag_events", "Journal events written but not yet folded", ["partition"])
+LAG = Gauge(
+    "ledger_read_lag_records",
+    "Journal records behind the partition's end, as last fetched",
+    ["partition"],
+)
 GAPS = Counter("ledger_read_seq_gaps_total", "Journal events found after a missing seq")
 
 RECORDS_PER_POLL_MAX = 5000
+_LIMIT_EXCEEDED = f'"{Code.LIMIT_EXCEEDED.value}"'.encode()
 SEQ_HEADER = "seq"
 MARK_SCAN_RECORDS = 200  # records read back at a time to find the last published seq
 
@@ -210,7 +215,7 @@ class Projector:
                 continue
             if record.topic == self.topics.journal:
                 fold.event(from_json(record.value, JournalEvent))
-            else:
+            elif _LIMIT_EXCEEDED in record.value:  # most results are not: skip decoding them
                 limits.extend(_limit_reached(from_json(record.value, Result), record.timestamp))
         out = fold.out
         for expected, found in out.gaps:
@@ -223,6 +228,11 @@ class Projector:
             )
         await self._publish(number, followed.published, out, limits)
         followed.store.write(out.writes, positions)
+        folded_to = positions.get(self.topics.journal)
+        assert self.consumer is not None
+        high = self.consumer.highwater(TopicPartition(self.topics.journal, number))
+        if folded_to is not None and high is not None:
+            LAG.labels(str(number)).set(max(0, high - folded_to))
         FOLDED.inc(out.folded)
         followed.head = fold.head.seq
         followed.published = max(followed.published, fold.head.seq)

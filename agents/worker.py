@@ -11,6 +11,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from agents import openapi
 from agents.api import Api
@@ -18,8 +19,9 @@ from agents.notifier import Notifier
 from agents.projector import Projector
 from agents.routing import Owners
 from agents.views import create_web_app
-from agents.writer import EXIT_BUG, Writer, stop_worker
+from agents.writer import EXIT_BROKER_GONE, EXIT_BUG, Writer, stop_worker
 from ledger_stream.client import LedgerClient
+from ledger_stream.errors import BrokerUnavailable
 from ledger_stream.logs import fold_repeats
 from ledger_stream.settings import Settings
 from ledger_stream.topics import ensure_topics
@@ -93,7 +95,8 @@ def _watched(work: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
         if not task.cancelled() and task.exception() is not None:
             error = task.exception()
             logger.error("%s failed", what, exc_info=error)
-            stop_worker(EXIT_BUG, f"{what} failed: {error}")
+            gone = isinstance(error, (KafkaError, BrokerUnavailable))
+            stop_worker(EXIT_BROKER_GONE if gone else EXIT_BUG, f"{what} failed: {error}")
 
     task = asyncio.create_task(work)
     task.add_done_callback(done)
