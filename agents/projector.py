@@ -295,12 +295,14 @@ def _limit_reached(result: Result, timestamp_ms: int) -> list[Notification]:
     if result.code != Code.LIMIT_EXCEEDED or result.account is None or result.duplicate:
         return []
     breach = result.limit
+    # What was refused: the amount asked for, unless a count was the limit.
+    asked = None if breach is None or "count" in breach.limit else breach.requested
     return [
         Notification(
             id=f"{result.command_id}:limit_reached",
             type="limit_reached",
             account=result.account,
-            amount=result.amount,
+            amount=asked,
             command_id=result.command_id,
             timestamp_ms=timestamp_ms,
             details=None if breach is None else {"limit": to_builtins(breach)},

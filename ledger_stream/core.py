@@ -972,6 +972,7 @@ def _pay_out(
         payload_digest=digest,
         command=command.type,
         metadata=command.metadata,
+        invoice_id=event.invoice_id,
     )
     # The result comes from the destination's writer, once the money has landed.
     return Outputs(journal=[replaced(event, postings=postings)], legs=[leg])
@@ -1298,6 +1299,7 @@ def _leg_event(
         timestamp_ms=timestamp_ms,
         postings=postings,
         counterparty=leg.source if leg.account == leg.destination else leg.destination,
+        invoice_id=leg.invoice_id,
     )
 
 

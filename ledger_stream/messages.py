@@ -343,10 +343,15 @@ class Leg(WriterMessage, frozen=True):
     metadata: Annotated[
         dict[str, str] | None, Meta(description="The command's, for its result")
     ] = None
+    invoice_id: Annotated[
+        str | None, Meta(description="An invoice payment's invoice, for its credit and refund")
+    ] = None
 
     def fingerprint_fields(self) -> dict[str, Any]:
         fields = msgspec.structs.asdict(self)
         del fields["reply_partition"], fields["metadata"]
+        if fields["invoice_id"] is None:  # added later: legs sent before keep their digests
+            del fields["invoice_id"]
         return fields
 
     @property

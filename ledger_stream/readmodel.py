@@ -157,6 +157,10 @@ def seq_of(key: str) -> int:
 # (opening, closing, limits, aliases) move none.
 _SENT = "money_sent"
 _RECEIVED = "money_received"
+# Where an invoice's money lands on its payee: a payment or a card payment's posted hold
+# within a partition, or the credit of one from another partition. (A refund carries the
+# invoice too, back to the payer: not a payment.)
+_PAYS_AN_INVOICE = ("invoice_payment", "hold_posted", "transfer_credit")
 
 
 @dataclass
@@ -303,8 +307,8 @@ class ReadFold:
             note("low_balance", None, threshold=threshold)
         if event.kind == "hold_expired" and account == event.account:
             note("hold_expired", -item.pending_debit or None, hold_id=event.hold_id)
-        if event.invoice_id is not None and net < 0 and account == event.account:
-            note("invoice_paid", -net, invoice_id=event.invoice_id, payee=item.counterparty)
+        if event.invoice_id is not None and net > 0 and event.kind in _PAYS_AN_INVOICE:
+            note("invoice_paid", net, invoice_id=event.invoice_id, payer=item.counterparty)
 
     def _flag(self, event: JournalEvent, account: str, item: HistoryItem) -> None:
         assert self.rules is not None

@@ -170,6 +170,7 @@ class ModelLeg:
     code: str | None
     command: str = "transfer"
     metadata: Metadata = None
+    invoice_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -863,6 +864,7 @@ class ModelLedger:
             code=None,
             command=command.type,
             metadata=_metadata(command.metadata),
+            invoice_id=invoice_id,
         )
         # No answer yet: the destination's writer gives it.
         return Prediction(None, (entry,), (leg,))
@@ -1057,6 +1059,7 @@ def _leg_entry(
         currency=leg.currency,
         timestamp_ms=ts,
         postings=postings,
+        invoice_id=leg.invoice_id,
     )
 
 
@@ -1089,6 +1092,7 @@ def model_leg_of(leg: Any) -> ModelLeg:
         code=leg.code,
         command=leg.command,
         metadata=_metadata(leg.metadata),
+        invoice_id=leg.invoice_id,
     )
 
 
