@@ -100,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
         help="closed loop: transfers outstanding at once (1: one at a time, for latency)",
     )
     bench.add_argument("--duration", type=float, default=30.0, help="seconds of load")
+    bench.add_argument(
+        "--readers",
+        type=int,
+        default=4,
+        help="readers of balances and histories over HTTP while the transfers run, one request "
+        "at a time each (0: no reads)",
+    )
     bench.add_argument("--workers", type=int, default=1)
     bench.add_argument("--partitions", type=int, default=8)
     bench.add_argument(

@@ -9,6 +9,15 @@ then transfers are published through LedgerClient, either as fast as they are an
 figures, never pass or fail. `--compare` runs the same workload through the ledger, through
 the ledger with batching off, and through a row-locking PostgreSQL ledger
 (`bench_postgres.py`), and gives the ratios.
+
+While the transfers run, `--readers` readers (4 by default) ask the workers' HTTP API for the
+balance and the last 20 history items of random accounts of the workload, one request at a
+time each, round-robin over the workers (a worker forwards a read of another's account to
+it). Each 200 answer's latency is counted, from sending to the whole body; other answers are
+counted by status. The transfer figures keep their meaning (the readers add no transfers);
+the workers' CPU per 1,000 transfers then includes serving the reads. Both of the ledger's
+runs of `--compare` read alongside (so their ratio compares like with like); PostgreSQL is
+not read.
 """
 
 from __future__ import annotations
@@ -16,14 +25,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
+import random
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +46,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from ledger_stream.client import LedgerClient
 from ledger_stream.local import LocalLedger, start_local_ledger
 from ledger_stream.measure import cpu_seconds, peak_rss_mib, percentiles, process_tree, rss_mib
-from ledger_stream.workload import Transfer, Workload, opening
+from ledger_stream.workload import HOT_ACCOUNTS, Transfer, Workload, opening
 
 RECORD_COMMANDS_MAX = 500  # commands the client puts in one record, with batching on
 SETUP_CHUNK = 20_000  # accounts opened at once
 DRAIN_IDLE_S = 30.0  # waiting for the answers ends when none has come for this long
+READ_TIMEOUT_S = 15.0  # a read's bound: the worker's read wait (5 s) and a forward's (10 s)
+READ_ERROR_PAUSE_S = 0.1  # a reader's pause after an answer other than 200, or none
+HISTORY_LIMIT = 20  # history items a read asks for
 
 
 @dataclass
@@ -50,6 +64,7 @@ class Options:
     in_flight: int  # closed loop: transfers outstanding at once
     workers: int
     bootstrap: str | None
+    readers: int = 0  # HTTP readers alongside the transfers, one request at a time each
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -66,6 +81,7 @@ def run_bench(args: argparse.Namespace) -> int:
         in_flight=args.in_flight,
         workers=args.workers,
         bootstrap=args.bootstrap,
+        readers=args.readers,
     )
     runs: dict[str, dict[str, Any]] = {"ledger": measure_ledger(options, batching=True)}
     if args.compare:
@@ -170,8 +186,11 @@ async def _drive_ledger(
         written_before = await _written(ledger)
         memory: list[float] = []  # the workers' resident memory, a sample a second
         sampler = asyncio.create_task(_sample(lambda: sum(rss_mib(pid) for pid in workers), memory))
-        started = time.monotonic()
-        published = await _publish(client, answers, options, name, started)
+        urls = [worker.url for worker in ledger.workers]
+        accounts = read_accounts(options.workload)
+        async with reading(urls, accounts, options.readers, options.workload.seed) as reads:
+            started = time.monotonic()
+            published = await _publish(client, answers, options, name, started)
         sampler.cancel()
         drained = await answers.drained()
         elapsed = (answers.last_at or time.monotonic()) - started
@@ -208,6 +227,7 @@ async def _drive_ledger(
         ),
         "setup_s": round(setup_s, 1),
         "fetch_wait_ms": settings.fetch_wait_ms,
+        **read_figures(options.readers, reads),
     }
 
 
@@ -328,6 +348,123 @@ async def _report(name: str, answers: _Answers, started: float) -> None:
         done_before = done
 
 
+# -- reads alongside the transfers ---------------------------------------------------------------
+
+
+class Reads:
+    """One kind of read: the latency of each 200 answer, and the other answers by what they
+    were (`answer_name`)."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors: Counter[str] = Counter()
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            **percentiles(self.latencies),
+            "count": len(self.latencies),
+            "errors": dict(sorted(self.errors.items())),
+        }
+
+
+def read_accounts(workload: Workload) -> list[str]:
+    """The accounts the transfers write to: the hot ones with `--hot`, else all."""
+    return workload.names[:HOT_ACCOUNTS] if workload.hot else workload.names
+
+
+def read_paths(account: str) -> list[tuple[str, str]]:
+    """What a reader asks of one account: (kind of read, path)."""
+    return [
+        ("balance", f"/v1/accounts/{account}/balance"),
+        ("history", f"/v1/accounts/{account}/history?limit={HISTORY_LIMIT}"),
+    ]
+
+
+def answer_name(status: int, body: bytes) -> str:
+    """An answer other than 200 as counted: its status, and the problem's code when the body
+    is a problem (`503 read_models_behind`)."""
+    try:
+        problem = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return str(status)
+    code = problem.get("code") if isinstance(problem, dict) else None
+    return f"{status} {code}" if isinstance(code, str) else str(status)
+
+
+def read_figures(readers: int, reads: dict[str, Reads]) -> dict[str, Any]:
+    """The reads' part of a run's figures: none but the count of readers when there were none."""
+    if readers <= 0:
+        return {"readers": 0}
+    return {
+        "readers": readers,
+        "read_balance_ms": reads["balance"].figures(),
+        "read_history_ms": reads["history"].figures(),
+    }
+
+
+@contextlib.asynccontextmanager
+async def reading(
+    urls: Sequence[str], accounts: Sequence[str], readers: int, seed: int
+) -> AsyncIterator[dict[str, Reads]]:
+    """`readers` readers run in the body of the `with`, sharing one pool of connections; they
+    stop when it ends (a read cut short then is not counted)."""
+    reads = {"balance": Reads(), "history": Reads()}
+    if readers <= 0:
+        yield reads
+        return
+    turns = itertools.count()  # round-robin over the workers, across readers
+    choose = random.Random(seed).choice
+    connector = aiohttp.TCPConnector(limit=readers)
+    timeout = aiohttp.ClientTimeout(total=READ_TIMEOUT_S)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        tasks = [
+            asyncio.create_task(_reader(session, urls, lambda: choose(accounts), turns, reads))
+            for _ in range(readers)
+        ]
+        try:
+            yield reads
+        finally:
+            for task in tasks:
+                task.cancel()
+            ended = await asyncio.gather(*tasks, return_exceptions=True)
+    failed = [error for error in ended if isinstance(error, Exception)]
+    if failed:  # a reader's bug, not an answer: it would otherwise hide as fewer reads
+        raise failed[0]
+
+
+async def _reader(
+    session: aiohttp.ClientSession,
+    urls: Sequence[str],
+    account: Callable[[], str],
+    turns: Iterator[int],
+    reads: dict[str, Reads],
+) -> None:
+    """One request at a time, until cancelled: a random account's balance, then its history,
+    both from the next worker in turn (turns taken a read at a time would send every balance
+    to the same one of two workers)."""
+    while True:
+        url = urls[next(turns) % len(urls)]
+        for kind, path in read_paths(account()):
+            if not await _read(session, url + path, reads[kind]):
+                await asyncio.sleep(READ_ERROR_PAUSE_S)  # not a tight loop on a failing worker
+
+
+async def _read(session: aiohttp.ClientSession, url: str, reads: Reads) -> bool:
+    """One GET, counted in `reads`; whether it was answered 200."""
+    sent = time.monotonic()
+    try:
+        async with session.get(url) as response:
+            body = await response.read()
+    except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+        reads.errors[type(error).__name__] += 1
+        return False
+    if response.status != 200:
+        reads.errors[answer_name(response.status, body)] += 1
+        return False
+    reads.latencies.append(time.monotonic() - sent)
+    return True
+
+
 # -- the PostgreSQL ledger -----------------------------------------------------------------------
 
 
@@ -400,8 +537,29 @@ def print_figures(figures: dict[str, Any]) -> None:
         )
         if "worker_rss_mib" in run:
             print(f"{'':17} worker memory MiB {run['worker_rss_mib']}  results {run['results']}")
+        for line in read_lines(run):
+            print(f"{'':17} {line}")
+    if "ratios" in figures and figures["options"].get("readers"):
+        print("ratios: the ledger's runs served reads alongside the transfers, PostgreSQL none")
     for name, value in figures.get("ratios", {}).items():
         print(f"{name:28} {value}")
+
+
+def read_lines(run: dict[str, Any]) -> list[str]:
+    """The reads of a run, a line each kind, after a line saying they ran alongside."""
+    if not run.get("readers"):
+        return []
+    lines = [
+        f"reads ran alongside the transfers: {run['readers']} readers over HTTP "
+        "(the workers' CPU above includes serving them)"
+    ]
+    for kind in ("balance", "history"):
+        read = run[f"read_{kind}_ms"]
+        lines.append(
+            f"read {kind:7}  p50 {read['p50']} ms  p95 {read['p95']} ms  p99 {read['p99']} ms  "
+            f"max {read['max']} ms  count {read['count']:,}  not 200 {read['errors'] or 'none'}"
+        )
+    return lines
 
 
 def _described(options: Options) -> dict[str, Any]:
@@ -416,6 +574,7 @@ def _described(options: Options) -> dict[str, Any]:
         "in_flight": options.in_flight if options.rate is None else None,
         "duration_s": options.duration_s,
         "workers": options.workers,
+        "readers": options.readers,
     }
 
 
