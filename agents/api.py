@@ -26,6 +26,7 @@ from ledger_stream.errors import LedgerError
 from ledger_stream.messages import (
     ALIAS_PREFIX,
     COMMAND_ADAPTER,
+    AccountState,
     Result,
     as_dict,
     from_json,
@@ -239,11 +240,25 @@ class Api:
 
     async def account(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["account"]
-        account, store = await self._owned(request, name)
-        if store is None:
+        account = await self._resolved(name)
+        state = self._current(account)
+        if state is None:
             return await self._forwarded(request, account)
-        view = _view(store, account)
-        return _json(_account_body(account, view))
+        store = self.projector.store(partition_of(account, self.settings.partitions))
+        raw = None if store is None else store.get(account_key(account))
+        view = None if raw is None else from_json(raw, AccountView)
+        return _json(_account_body(account, state, view))
+
+    def _current(self, account: str) -> AccountState | None:
+        """The account as its writer holds it now (committed: a result returned for it shows),
+        None when another worker writes it; 404 when it was never opened."""
+        log = self.writer.logs.get(partition_of(account, self.settings.partitions))
+        if log is None:
+            return None
+        raw = log.store.account(account)
+        if raw is None:
+            raise Problem(404, Code.ACCOUNT_NOT_FOUND, f"no account {account!r}", account=account)
+        return from_json(raw, AccountState)
 
     async def history(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["account"]
@@ -320,12 +335,16 @@ class Api:
     async def balance(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["account"]
         as_of = _time_query(request, "as_of")
+        if as_of is None:  # now: from the writer's own state, the freshest there is
+            account = await self._resolved(name)
+            state = self._current(account)
+            if state is None:
+                return await self._forwarded(request, account)
+            return _json({"account": account, "currency": state.currency, **_balances(state)})
         account, store = await self._owned(request, name)
         if store is None:
             return await self._forwarded(request, account)
         view = _view(store, account)
-        if as_of is None:
-            return _json({"account": account, "currency": view.currency, **_balances(view)})
         item = _as_of(store, account, as_of)
         if item is None:
             raise Problem(
@@ -493,27 +512,25 @@ def _view(store: ReadStore, account: str) -> AccountView:
     return from_json(raw, AccountView)
 
 
-def _balances(view: AccountView) -> dict[str, int]:
+def _balances(state: AccountState) -> dict[str, int]:
     return {
-        "posted": view.balance,
-        "pending_debits": view.debits_pending,
-        "pending_credits": view.credits_pending,
-        "available": view.available,
+        "posted": state.balance,
+        "pending_debits": state.debits_pending,
+        "pending_credits": state.credits_pending,
+        "available": state.available,
     }
 
 
-def _account_body(account: str, view: AccountView) -> dict[str, Any]:
+def _account_body(account: str, state: AccountState, view: AccountView | None) -> dict[str, Any]:
     return {
         "account": account,
-        "currency": view.currency,
-        "status": view.status,
-        "balance": _balances(view),
-        "overdraft_limit": view.overdraft_limit,
-        "limits": None if view.limits is None else as_dict(view.limits),
-        "low_balance": view.low_balance,
-        "opened_ms": view.opened_ms,
-        "seq": view.seq,
-        "updated_ms": view.timestamp_ms,
+        "currency": state.currency,
+        "status": state.status,
+        "balance": _balances(state),
+        "in_transit": state.debits_in_transit,
+        "overdraft_limit": state.overdraft_limit,
+        "limits": None if state.limits is None else as_dict(state.limits),
+        "low_balance": None if view is None else view.low_balance,
     }
 
 

@@ -418,18 +418,20 @@ def _answers(view: dict[str, Any], day: dict[str, Any]) -> dict[str, Any]:
     return {
         "Balances": _object("An account's balances, in minor units", balances),
         "Account": _object(
-            "An account as its journal events say",
+            "An account as its writer holds it now (the low-balance threshold as the read "
+            "models hold it)",
             {
                 "account": account,
                 "currency": view["currency"],
                 "status": view["status"],
                 "balance": _ref("Balances"),
+                "in_transit": {
+                    "type": "integer",
+                    "description": "Sent to accounts of other partitions, not landed yet",
+                },
                 "overdraft_limit": view["overdraft_limit"],
                 "limits": view["limits"],
                 "low_balance": view["low_balance"],
-                "opened_ms": {**view["opened_ms"], "description": "Journal time it was opened"},
-                "seq": view["seq"],
-                "updated_ms": view["timestamp_ms"],
             },
         ),
         "History": _object(

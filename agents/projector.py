@@ -138,9 +138,16 @@ class Projector:
                 batch = await self.consumer.getmany(
                     timeout_ms=200, max_records=RECORDS_PER_POLL_MAX
                 )
-                for number, records in _by_partition(batch).items():
-                    if number in self.partitions:
-                        await self._fold(number, records)
+                folds = [
+                    self._fold(number, records)
+                    for number, records in _by_partition(batch).items()
+                    if number in self.partitions
+                ]
+                await self._publish(folds)
+                for fold in folds:
+                    self._write(fold)
+                async with self.progress:
+                    self.progress.notify_all()
         finally:
             for client in (self.consumer, self.marks, self.producer):
                 await client.stop()
@@ -204,7 +211,8 @@ class Projector:
             end = start
         return 0
 
-    async def _fold(self, number: int, records: list[ConsumerRecord[Any, Any]]) -> None:
+    def _fold(self, number: int, records: list[ConsumerRecord[Any, Any]]) -> _Fold:
+        """Fold a partition's records (its journal's, then its results') over its store."""
         followed = self.partitions[number]
         fold = ReadFold(followed.store.get, self.rules)
         limits: list[Notification] = []
@@ -217,8 +225,7 @@ class Projector:
                 fold.event(from_json(record.value, JournalEvent))
             elif _LIMIT_EXCEEDED in record.value:  # most results are not: skip decoding them
                 limits.extend(_limit_reached(from_json(record.value, Result), record.timestamp))
-        out = fold.out
-        for expected, found in out.gaps:
+        for expected, found in fold.out.gaps:
             GAPS.inc()
             logger.warning(
                 "journal partition %d: seq %d follows a missing %d; folding on",
@@ -226,33 +233,42 @@ class Projector:
                 found,
                 expected,
             )
-        await self._publish(number, followed.published, out, limits)
-        followed.store.write(out.writes, positions)
-        folded_to = positions.get(self.topics.journal)
-        assert self.consumer is not None
-        high = self.consumer.highwater(TopicPartition(self.topics.journal, number))
-        if folded_to is not None and high is not None:
-            LAG.labels(str(number)).set(max(0, high - folded_to))
-        FOLDED.inc(out.folded)
-        followed.head = fold.head.seq
-        followed.published = max(followed.published, fold.head.seq)
-        self.freshness.folded(number, followed.head)
-        async with self.progress:
-            self.progress.notify_all()
+        return _Fold(number, fold.out, fold.head.seq, positions, limits)
 
-    async def _publish(
-        self, number: int, published: int, out: Folded, limits: list[Notification]
-    ) -> None:
+    def _write(self, fold: _Fold) -> None:
+        """Write a fold and its positions at once, and tell the readers waiting for it."""
+        followed = self.partitions[fold.number]
+        followed.store.write(fold.out.writes, fold.positions)
+        folded_to = fold.positions.get(self.topics.journal)
+        assert self.consumer is not None
+        high = self.consumer.highwater(TopicPartition(self.topics.journal, fold.number))
+        if folded_to is not None and high is not None:
+            LAG.labels(str(fold.number)).set(max(0, high - folded_to))
+        FOLDED.inc(fold.out.folded)
+        followed.head = fold.head
+        followed.published = max(followed.published, fold.head)
+        self.freshness.folded(fold.number, followed.head)
+
+    async def _publish(self, folds: list[_Fold]) -> None:
+        """Publish the notifications and flags of every fold of a poll, and wait for Kafka
+        to have them all, before any of the folds is written."""
         sends: list[tuple[str, int, str, bytes, int]] = []
-        for seq, note in out.notifications:
-            if seq > published:
-                sends.append((self.topics.notifications, number, note.account, to_json(note), seq))
-        for note in limits:
-            partition = partition_of(note.account, self.settings.partitions)
-            sends.append((self.topics.notifications, partition, note.account, to_json(note), 0))
-        for seq, flag in out.flags:
-            if seq > published:
-                sends.append((self.topics.flags, number, flag.account, to_json(flag), seq))
+        counted: list[tuple[Counter, str]] = []
+        for fold in folds:
+            published = self.partitions[fold.number].published
+            for seq, note in fold.out.notifications:
+                if seq > published:
+                    value = to_json(note)
+                    sends.append((self.topics.notifications, fold.number, note.account, value, seq))
+                    counted.append((NOTIFIED, note.type))
+            for note in fold.limits:
+                partition = partition_of(note.account, self.settings.partitions)
+                sends.append((self.topics.notifications, partition, note.account, to_json(note), 0))
+                counted.append((NOTIFIED, note.type))
+            for seq, flag in fold.out.flags:
+                if seq > published:
+                    sends.append((self.topics.flags, fold.number, flag.account, to_json(flag), seq))
+                    counted.append((FLAGGED, flag.rule))
         if not sends:
             return
         assert self.producer is not None
@@ -271,17 +287,21 @@ class Projector:
 
         await retried(
             attempt,
-            failure=f"could not publish notifications and flags of partition {number}",
+            failure="could not publish notifications and flags",
             attempts_max=self.settings.send_attempts_max,
             errors=(KafkaError,),
         )
-        for seq, note in out.notifications:
-            if seq > published:
-                NOTIFIED.labels(note.type).inc()
-        NOTIFIED.labels("limit_reached").inc(len(limits))
-        for seq, flag in out.flags:
-            if seq > published:
-                FLAGGED.labels(flag.rule).inc()
+        for metric, label in counted:
+            metric.labels(label).inc()
+
+
+@dataclass
+class _Fold:
+    number: int
+    out: Folded
+    head: int  # seq folded up to
+    positions: dict[str, int]  # by topic, the next offset to fold
+    limits: list[Notification]
 
 
 def _seq_header(record: ConsumerRecord[Any, Any]) -> int:

@@ -336,10 +336,12 @@ async def _settled_books(settings: Settings, tally: Tally) -> Books:
 
 
 async def _read_models_match(client: LedgerClient, books: Books, tally: Tally) -> bool:
-    """Every account's posted balance, read from the read models over HTTP, is the
+    """Every account's posted balance, read from the read models over HTTP (the balance as
+    of a time after every event: folded from the journal, not the writer's state), is the
     journal's fold."""
+    later = int(time.time() * 1000) + 86_400_000
     for account, currency in tally.currency_of.items():
-        read = await client.balance(account)
+        read = await client.balance(account, as_of=later)
         if read["posted"] != books.balance(account, currency):
             return False
     return True

@@ -29,7 +29,7 @@ from agents.api import POSTS, PROBLEM, Api
 from ledger_stream.anomaly import Flag
 from ledger_stream.codes import Code
 from ledger_stream.errors import BrokerUnavailable
-from ledger_stream.messages import COMMAND_ADAPTER, Limits, Outcome, Result, to_json
+from ledger_stream.messages import COMMAND_ADAPTER, AccountState, Limits, Outcome, Result, to_json
 from ledger_stream.readmodel import (
     SEQ_DIGITS,
     AccountView,
@@ -256,6 +256,15 @@ class FakeOverlay:
         return self.outcomes.get(key)
 
 
+class FakeStateStore:
+    """The writer's store, as the reads of current balances use it: alice only."""
+
+    def account(self, name: str) -> bytes | None:
+        if name != "alice":
+            return None
+        return to_json(AccountState(currency="USD", credits_posted=1250, limits=Limits()))
+
+
 class FakeClient:
     """Decides by command id: a result, an error, or never (`None`)."""
 
@@ -355,7 +364,11 @@ async def client(tmp_path: Path) -> AsyncIterator[TestClient[web.Request, web.Ap
             fingerprint="f", result=rejected("withdraw-0009", Code.INSUFFICIENT_FUNDS)
         ),
     }
-    writer = SimpleNamespace(logs={0: None}, overlays={0: FakeOverlay(outcomes)}, settings=settings)
+    writer = SimpleNamespace(
+        logs={0: SimpleNamespace(store=FakeStateStore())},
+        overlays={0: FakeOverlay(outcomes)},
+        settings=settings,
+    )
     decisions: dict[str, Result | Exception | None] = {
         "slow-0001": None,
         "down-0001": BrokerUnavailable("the broker is down"),
