@@ -7,19 +7,21 @@ carrying the ledger's code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 import orjson
+import rocksdict
 from aiohttp import web
 from pydantic import ValidationError
 
 from agents.projector import Projector
 from agents.routing import ForwardFailed, Owners, is_forwarded
-from agents.writer import Writer
+from agents.writer import Writer, stored_outcome
 from ledger_stream.client import LedgerClient
 from ledger_stream.codes import Code
 from ledger_stream.errors import LedgerError
@@ -47,10 +49,12 @@ from ledger_stream.readmodel import (
     time_prefix,
     utc_day,
 )
+from ledger_stream.state import closing
 from ledger_stream.state.readstore import ReadStore
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 PROBLEM = "application/problem+json"
 PAGE_DEFAULT = 50
 PAGE_MAX = 500
@@ -153,8 +157,25 @@ class Api:
         self.projector = projector
         self.client = client
         self.owners: Owners | None = None  # once the HTTP port is known (`worker.py`)
+        # The writer's event loop, when the API is served from a thread of its own: what
+        # waits on the writer, the projector or the client runs there (`_on_main`).
+        self.main_loop: asyncio.AbstractEventLoop | None = None
         self.settings = writer.settings
-        self.waiting: set[asyncio.Task[Result]] = set()  # decisions answered with 202
+        self.waiting: set[asyncio.Future[Result]] = set()  # decisions answered with 202
+
+    async def _caught_up(self, partition: int, account: str) -> bool:
+        if self.projector.shows(partition, account):
+            return True
+        waited = self.projector.caught_up(partition, account, self.settings.read_wait_s)
+        return await self._on_main(waited)
+
+    def _on_main(self, work: Coroutine[Any, Any, T]) -> Awaitable[T]:
+        """`work` run on the writer's event loop (its own when the API runs in a thread of
+        its own, `worker.py`), awaitable here."""
+        loop = self.main_loop
+        if loop is None or loop is asyncio.get_running_loop():
+            return work
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, loop))
 
     def _owners(self) -> Owners:
         assert self.owners is not None, "the API answers once the worker is serving"
@@ -181,7 +202,7 @@ class Api:
         partition = partition_of(account, self.settings.partitions)
         if partition not in self.writer.logs:
             return account, None
-        if not await self.projector.caught_up(partition, account, self.settings.read_wait_s):
+        if not await self._caught_up(partition, account):
             raise Problem(
                 503,
                 "read_models_behind",
@@ -222,10 +243,11 @@ class Api:
         """The account `alias` names, asked of the worker that owns the alias's partition."""
         partition = partition_of(alias, self.settings.partitions)
         if partition in self.writer.logs:
-            if not await self.projector.caught_up(partition, alias, self.settings.read_wait_s):
+            if not await self._caught_up(partition, alias):
                 raise Problem(503, "read_models_behind", f"aliases of partition {partition}")
             store = self.projector.store(partition)
-            raw = None if store is None else store.get(alias_key(alias))
+            with _reading():
+                raw = None if store is None else store.get(alias_key(alias))
             return None if raw is None else raw.decode()
         url = await self._owners().owner_url(partition)
         if url is None:
@@ -245,7 +267,8 @@ class Api:
         if state is None:
             return await self._forwarded(request, account)
         store = self.projector.store(partition_of(account, self.settings.partitions))
-        raw = None if store is None else store.get(account_key(account))
+        with _reading():
+            raw = None if store is None else store.get(account_key(account))
         view = None if raw is None else from_json(raw, AccountView)
         return _json(_account_body(account, state, view))
 
@@ -255,7 +278,8 @@ class Api:
         log = self.writer.logs.get(partition_of(account, self.settings.partitions))
         if log is None:
             return None
-        raw = log.store.account(account)
+        with _reading():
+            raw = log.store.account(account)
         if raw is None:
             raise Problem(404, Code.ACCOUNT_NOT_FOUND, f"no account {account!r}", account=account)
         return from_json(raw, AccountState)
@@ -267,17 +291,18 @@ class Api:
         account, store = await self._owned(request, name)
         if store is None:
             return await self._forwarded(request, account)
-        _view(store, account)
-        before = None if cursor is None else history_key(account, cursor)
-        items = []
-        for _, raw in store.newest(history_prefix(account), before):
-            items.append(as_dict(from_json(raw, HistoryItem)))
-            if len(items) == limit + 1:
-                break
-        more = len(items) > limit
-        items = items[:limit]
-        next_cursor = str(items[-1]["seq"]) if more else None
-        return _json({"account": account, "items": items, "next_cursor": next_cursor})
+        with _reading():
+            _view(store, account)
+            before = None if cursor is None else history_key(account, cursor)
+            items = []
+            for _, raw in store.newest(history_prefix(account), before):
+                items.append(as_dict(from_json(raw, HistoryItem)))
+                if len(items) == limit + 1:
+                    break
+            more = len(items) > limit
+            items = items[:limit]
+            next_cursor = str(items[-1]["seq"]) if more else None
+            return _json({"account": account, "items": items, "next_cursor": next_cursor})
 
     async def flags(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["account"]
@@ -293,20 +318,21 @@ class Api:
         account, store = await self._owned(request, name)
         if store is None:
             return await self._forwarded(request, account)
-        _view(store, account)
-        prefix = flag_prefix(account)
-        # A flag's key ends `<seq>|<rule>`; the cursor is that end, `|` written as `-`.
-        before = None if cursor is None else prefix + cursor.replace("-", "|")
-        flags: list[Any] = []
-        ends: list[str] = []
-        for key, raw in store.newest(prefix, before):
-            flags.append(orjson.loads(raw))
-            ends.append(key[len(prefix) :].replace("|", "-"))
-            if len(flags) == limit + 1:
-                break
-        more = len(flags) > limit
-        next_cursor = ends[limit - 1] if more else None
-        return _json({"account": account, "flags": flags[:limit], "next_cursor": next_cursor})
+        with _reading():
+            _view(store, account)
+            prefix = flag_prefix(account)
+            # A flag's key ends `<seq>|<rule>`; the cursor is that end, `|` written as `-`.
+            before = None if cursor is None else prefix + cursor.replace("-", "|")
+            flags: list[Any] = []
+            ends: list[str] = []
+            for key, raw in store.newest(prefix, before):
+                flags.append(orjson.loads(raw))
+                ends.append(key[len(prefix) :].replace("|", "-"))
+                if len(flags) == limit + 1:
+                    break
+            more = len(flags) > limit
+            next_cursor = ends[limit - 1] if more else None
+            return _json({"account": account, "flags": flags[:limit], "next_cursor": next_cursor})
 
     async def summary(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["account"]
@@ -322,14 +348,15 @@ class Api:
         account, store = await self._owned(request, name)
         if store is None:
             return await self._forwarded(request, account)
-        view = _view(store, account)
-        raw = store.get(day_key(account, day))
-        if raw is not None:
-            summary = from_json(raw, DaySummary)
-        else:  # a day without events: the balance it had all day
-            before = _as_of(store, account, int(start.timestamp() * 1000) - 1)
-            balance = 0 if before is None else before.balance
-            summary = DaySummary(day, balance, balance)
+        with _reading():
+            view = _view(store, account)
+            raw = store.get(day_key(account, day))
+            if raw is not None:
+                summary = from_json(raw, DaySummary)
+            else:  # a day without events: the balance it had all day
+                before = _as_of(store, account, int(start.timestamp() * 1000) - 1)
+                balance = 0 if before is None else before.balance
+                summary = DaySummary(day, balance, balance)
         return _json({"account": account, "currency": view.currency, **as_dict(summary)})
 
     async def balance(self, request: web.Request) -> web.StreamResponse:
@@ -344,8 +371,9 @@ class Api:
         account, store = await self._owned(request, name)
         if store is None:
             return await self._forwarded(request, account)
-        view = _view(store, account)
-        item = _as_of(store, account, as_of)
+        with _reading():
+            view = _view(store, account)
+            item = _as_of(store, account, as_of)
         if item is None:
             raise Problem(
                 404, Code.ACCOUNT_NOT_FOUND, f"account {account!r} had no events by {as_of}"
@@ -417,14 +445,14 @@ class Api:
 
         return post
 
-    def _submit(self, command: Any) -> asyncio.Task[Result]:
-        task = asyncio.ensure_future(self.client.submit(command))
+    def _submit(self, command: Any) -> asyncio.Future[Result]:
+        task = asyncio.ensure_future(self._on_main(self.client.submit(command)))
         self.waiting.add(task)
         task.add_done_callback(self.waiting.discard)
         return task
 
     async def _decided(
-        self, command_id: str, account: str, task: asyncio.Task[Result]
+        self, command_id: str, account: str, task: asyncio.Future[Result]
     ) -> web.StreamResponse:
         done, _ = await asyncio.wait({task}, timeout=self.settings.http_wait_s)
         if not done:
@@ -450,11 +478,11 @@ class Api:
                 "account is required: the account the command was sent for",
                 field="account",
             )
-        partition = partition_of(account, self.settings.partitions)
-        overlay = self.writer.overlays.get(partition)
-        if overlay is None:
+        log = self.writer.logs.get(partition_of(account, self.settings.partitions))
+        if log is None:
             return await self._forwarded(request, account)
-        outcome = overlay.outcome(f"cmd:{command_id}")
+        with _reading():
+            outcome = stored_outcome(log.store, f"cmd:{command_id}")
         if outcome is None or outcome.result is None:
             location = request.path_qs
             return _json(
@@ -463,6 +491,19 @@ class Api:
                 headers={"Location": location, "Retry-After": RETRY_AFTER_S},
             )
         return _decision(outcome.result)
+
+
+@contextlib.contextmanager
+def _reading() -> Iterator[None]:
+    """Read stores with `closing` held (a store is never closed under a read from this
+    thread); one closed just before, its partition given up meanwhile, answers 503."""
+    with closing:
+        try:
+            yield
+        except rocksdict.DbClosedError:
+            raise Problem(
+                503, "owner_moved", "the account's partition moved to another worker; try again"
+            ) from None
 
 
 def _decision(result: Result) -> web.Response:

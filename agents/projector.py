@@ -54,7 +54,9 @@ LAG = Gauge(
 )
 GAPS = Counter("ledger_read_seq_gaps_total", "Journal events found after a missing seq")
 
-RECORDS_PER_POLL_MAX = 5000
+# Records folded between two looks at the event loop: a fold holds the loop (HTTP reads
+# included) for about 20 us a record.
+RECORDS_PER_POLL_MAX = 1000
 _LIMIT_EXCEEDED = f'"{Code.LIMIT_EXCEEDED.value}"'.encode()
 SEQ_HEADER = "seq"
 MARK_SCAN_RECORDS = 200  # records read back at a time to find the last published seq
@@ -93,14 +95,18 @@ class Projector:
         followed = self.partitions.get(partition)
         return None if followed is None else followed.store
 
+    def shows(self, partition: int, account: str) -> bool:
+        """Whether the read models of `partition` show every write to `account` this worker
+        has answered (agents/freshness.py). Plain reads: safe from the HTTP thread."""
+        followed = self.partitions.get(partition)
+        return followed is not None and followed.head >= self.freshness.needed(partition, account)
+
     async def caught_up(self, partition: int, account: str, timeout_s: float) -> bool:
         """Wait until the read models of `partition` show every write to `account` this
         worker has answered (agents/freshness.py); False when `timeout_s` passes first."""
-        needed = self.freshness.needed(partition, account)
 
         def ready() -> bool:
-            followed = self.partitions.get(partition)
-            return followed is not None and followed.head >= needed
+            return self.shows(partition, account)
 
         if ready():
             return True
@@ -138,11 +144,11 @@ class Projector:
                 batch = await self.consumer.getmany(
                     timeout_ms=200, max_records=RECORDS_PER_POLL_MAX
                 )
-                folds = [
-                    self._fold(number, records)
-                    for number, records in _by_partition(batch).items()
-                    if number in self.partitions
-                ]
+                folds = []
+                for number, records in _by_partition(batch).items():
+                    if number in self.partitions:
+                        folds.append(self._fold(number, records))
+                        await asyncio.sleep(0)  # let reads in between partitions
                 await self._publish(folds)
                 for fold in folds:
                     self._write(fold)

@@ -12,6 +12,7 @@ from agents.writer import Writer
 from ledger_stream.codes import Code
 from ledger_stream.messages import AccountState, as_dict, from_json
 from ledger_stream.partitioning import partition_of
+from ledger_stream.state import closing
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,8 @@ def create_web_app(writer: Writer) -> web.Application:
                 "partitions": sorted(writer.logs),
             }
             return web.json_response(body, status=421)
-        raw = log.store.account(account)
+        with closing:  # read from the HTTP thread: the store is not closed meanwhile
+            raw = log.store.account(account)
         if raw is None:
             return web.json_response(
                 {"error": Code.ACCOUNT_NOT_FOUND, "account": account}, status=404

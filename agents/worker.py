@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 from collections.abc import Coroutine
 from typing import Any
 
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 # How long a command sent through the HTTP API may take before its waiting task gives up
 # (the POST itself answers 202 after `http_wait_s`).
 HTTP_COMMAND_TIMEOUT_S = 120.0
+HTTP_START_TIMEOUT_S = 30.0
 
 
 def run_worker(settings: Settings) -> None:
@@ -56,17 +58,16 @@ async def _serve(settings: Settings) -> None:
         connect_attempts_max=settings.connect_attempts_max,
     )
     api = Api(writer, projector, client)
-    runner: web.AppRunner | None = None
+    api.main_loop = loop
+    http: _HttpThread | None = None
     background: list[asyncio.Task[None]] = []
     try:
         if settings.web_enabled:
             app = create_web_app(writer)
             api.routes(app)
             openapi.routes(app, partitions=settings.partitions)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, settings.web_host, settings.web_port).start()
-            host, port = runner.addresses[0][:2]
+            http = _HttpThread(app, settings.web_host, settings.web_port)
+            host, port = http.start()
             own_url = settings.web_advertised_url or f"http://{host}:{port}"
             api.owners = Owners(settings, own_url)
             writer.client_id = api.owners.client_id
@@ -79,12 +80,49 @@ async def _serve(settings: Settings) -> None:
     finally:
         stopping.set()
         await asyncio.gather(*background, return_exceptions=True)
-        if runner is not None:
+        if http is not None:
+            await http.stop(api.owners)
             await client.stop()
-            await runner.cleanup()
-        if api.owners is not None:
-            await api.owners.close()
     logger.info("worker stopped")
+
+
+class _HttpThread:
+    """The HTTP server, on an event loop of its own in a thread of its own: a read is answered
+    while the writer decides a batch (Python switches threads every few milliseconds),
+    instead of after it. What it needs of the writer's loop it asks there (`Api._on_main`)."""
+
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self.app, self.host, self.port = app, host, port
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(app, access_log=None)
+        self.thread = threading.Thread(target=self.loop.run_forever, name="http", daemon=True)
+
+    def start(self) -> tuple[str, int]:
+        self.thread.start()
+        started = asyncio.run_coroutine_threadsafe(self._start(), self.loop)
+        return started.result(timeout=HTTP_START_TIMEOUT_S)
+
+    async def _start(self) -> tuple[str, int]:
+        await self.runner.setup()
+        await web.TCPSite(self.runner, self.host, self.port).start()
+        host, port = self.runner.addresses[0][:2]
+        return str(host), int(port)
+
+    async def stop(self, owners: Owners | None) -> None:
+        """Stop serving (from the writer's loop, which goes on meanwhile: requests in flight
+        may wait on it)."""
+
+        async def stop() -> None:
+            await self.runner.cleanup()
+            if owners is not None:
+                await owners.close()
+
+        try:
+            stopped = asyncio.run_coroutine_threadsafe(stop(), self.loop)
+            await asyncio.wait_for(asyncio.wrap_future(stopped), HTTP_START_TIMEOUT_S)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            await asyncio.to_thread(self.thread.join, HTTP_START_TIMEOUT_S)
 
 
 def _watched(work: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:

@@ -575,14 +575,18 @@ class _Overlay:
 
     def outcome(self, key: str) -> Outcome | None:
         if key not in self.outcomes:
-            stored = self.store.outcome(key)
-            if stored is None:
-                self.outcomes[key] = None
-            elif stored.compact:
-                self.outcomes[key] = outcome_from_compact(key, stored.value)
-            else:
-                self.outcomes[key] = from_json(stored.value, Outcome)
+            self.outcomes[key] = stored_outcome(self.store, key)
         return self.outcomes[key]
+
+
+def stored_outcome(store: PartitionStore, key: str) -> Outcome | None:
+    """The outcome under `key` as the store has it (committed), whole or compact."""
+    stored = store.outcome(key)
+    if stored is None:
+        return None
+    if stored.compact:
+        return outcome_from_compact(key, stored.value)
+    return from_json(stored.value, Outcome)
 
 
 V = TypeVar("V")

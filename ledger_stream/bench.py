@@ -32,6 +32,7 @@ import platform
 import random
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -52,6 +53,7 @@ RECORD_COMMANDS_MAX = 500  # commands the client puts in one record, with batchi
 SETUP_CHUNK = 20_000  # accounts opened at once
 DRAIN_IDLE_S = 30.0  # waiting for the answers ends when none has come for this long
 READ_TIMEOUT_S = 15.0  # a read's bound: the worker's read wait (5 s) and a forward's (10 s)
+READ_STOP_POLL_S = 0.05
 READ_ERROR_PAUSE_S = 0.1  # a reader's pause after an answer other than 200, or none
 HISTORY_LIMIT = 20  # history items a read asks for
 
@@ -406,12 +408,42 @@ def read_figures(readers: int, reads: dict[str, Reads]) -> dict[str, Any]:
 async def reading(
     urls: Sequence[str], accounts: Sequence[str], readers: int, seed: int
 ) -> AsyncIterator[dict[str, Reads]]:
-    """`readers` readers run in the body of the `with`, sharing one pool of connections; they
-    stop when it ends (a read cut short then is not counted)."""
+    """`readers` readers run in the body of the `with`, on an event loop of their own in a
+    thread of their own (so a read's time is not the time this loop takes to get to it),
+    sharing one pool of connections; they stop when it ends (a read cut short then is not
+    counted)."""
     reads = {"balance": Reads(), "history": Reads()}
     if readers <= 0:
         yield reads
         return
+    stop = threading.Event()
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(_readers(urls, accounts, readers, seed, reads, stop))
+        except BaseException as error:  # a reader's bug, raised below on this loop
+            failed.append(error)
+
+    thread = threading.Thread(target=run, name="readers", daemon=True)
+    thread.start()
+    try:
+        yield reads
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join)
+    if failed:  # a reader's bug, not an answer: it would otherwise hide as fewer reads
+        raise failed[0]
+
+
+async def _readers(
+    urls: Sequence[str],
+    accounts: Sequence[str],
+    readers: int,
+    seed: int,
+    reads: dict[str, Reads],
+    stop: threading.Event,
+) -> None:
     turns = itertools.count()  # round-robin over the workers, across readers
     choose = random.Random(seed).choice
     connector = aiohttp.TCPConnector(limit=readers)
@@ -421,15 +453,14 @@ async def reading(
             asyncio.create_task(_reader(session, urls, lambda: choose(accounts), turns, reads))
             for _ in range(readers)
         ]
-        try:
-            yield reads
-        finally:
-            for task in tasks:
-                task.cancel()
-            ended = await asyncio.gather(*tasks, return_exceptions=True)
-    failed = [error for error in ended if isinstance(error, Exception)]
-    if failed:  # a reader's bug, not an answer: it would otherwise hide as fewer reads
-        raise failed[0]
+        while not stop.is_set() and not any(task.done() for task in tasks):
+            await asyncio.sleep(READ_STOP_POLL_S)
+        for task in tasks:
+            task.cancel()
+        ended = await asyncio.gather(*tasks, return_exceptions=True)
+    failures = [error for error in ended if isinstance(error, Exception)]
+    if failures:
+        raise failures[0]
 
 
 async def _reader(

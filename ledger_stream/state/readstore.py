@@ -14,6 +14,8 @@ from pathlib import Path
 
 import rocksdict
 
+from ledger_stream.state import closing
+
 logger = logging.getLogger(__name__)
 
 _IDENTITY = b"m|identity"
@@ -67,7 +69,8 @@ class ReadStore:
         return store
 
     def close(self) -> None:
-        self.db.close()
+        with closing:
+            self.db.close()
 
     def get(self, key: str) -> bytes | None:
         value: bytes | None = self.db.get(key.encode())

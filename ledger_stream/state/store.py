@@ -19,6 +19,7 @@ import orjson
 import rocksdict
 
 from ledger_stream.messages import JournalHead, from_json, to_json
+from ledger_stream.state import closing
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +120,13 @@ class PartitionStore:
     def wipe(self, why: str) -> None:
         """Forget everything local; the state log is read again from its start."""
         logger.warning("rebuilding %s from the state log: %s", self.path, why)
-        self.db.close()
+        self.close()
         shutil.rmtree(self.path, ignore_errors=True)
         self.db = self._open()
 
     def close(self) -> None:
-        self.db.close()
+        with closing:
+            self.db.close()
 
     def account(self, name: str) -> bytes | None:
         value: bytes | None = self.db.get(_ACCOUNT + name.encode())

@@ -44,6 +44,7 @@ from ledger_stream.readmodel import (
     time_key,
 )
 from ledger_stream.state.readstore import ReadStore
+from ledger_stream.state.store import StoredOutcome
 
 ALIAS = "alias:alice@example.com"
 OPENED_MS = int(datetime.datetime(2026, 1, 31, 9, tzinfo=datetime.timezone.utc).timestamp() * 1000)
@@ -241,6 +242,9 @@ class FakeProjector:
     def __init__(self, store: ReadStore) -> None:
         self._store = store
 
+    def shows(self, partition: int, account: str) -> bool:
+        return True
+
     async def caught_up(self, partition: int, account: str, timeout_s: float) -> bool:
         return True
 
@@ -248,16 +252,15 @@ class FakeProjector:
         return self._store
 
 
-class FakeOverlay:
+class FakeStateStore:
+    """The writer's store, as the API reads it: alice, and the outcomes given."""
+
     def __init__(self, outcomes: dict[str, Outcome]) -> None:
         self.outcomes = outcomes
 
-    def outcome(self, key: str) -> Outcome | None:
-        return self.outcomes.get(key)
-
-
-class FakeStateStore:
-    """The writer's store, as the reads of current balances use it: alice only."""
+    def outcome(self, key: str) -> StoredOutcome | None:
+        found = self.outcomes.get(key)
+        return None if found is None else StoredOutcome(to_json(found), compact=False)
 
     def account(self, name: str) -> bytes | None:
         if name != "alice":
@@ -365,8 +368,7 @@ async def client(tmp_path: Path) -> AsyncIterator[TestClient[web.Request, web.Ap
         ),
     }
     writer = SimpleNamespace(
-        logs={0: SimpleNamespace(store=FakeStateStore())},
-        overlays={0: FakeOverlay(outcomes)},
+        logs={0: SimpleNamespace(store=FakeStateStore(outcomes))},
         settings=settings,
     )
     decisions: dict[str, Result | Exception | None] = {
