@@ -502,11 +502,14 @@ class LedgerClient:
         attempts_max: int = 1,
     ) -> Result:
         given = {name: value for name, value in fields.items() if value is not None}
-        # An alias goes wherever an account id goes: sent as the account it names.
-        if kind != "register_alias":
-            account = await self._resolved(account)
-        if isinstance(given.get("destination"), str):
-            given["destination"] = await self._resolved(given["destination"])
+        # With the HTTP API to ask, an alias goes wherever an account id goes: sent as the
+        # account it names (not an alias being registered, nor an account being opened: the
+        # writer refuses to open one named `alias:`). Without it, as given.
+        if self._reads is not None:
+            if kind not in ("register_alias", "open_account"):
+                account = await self._resolved(account)
+            if isinstance(given.get("destination"), str):
+                given["destination"] = await self._resolved(given["destination"])
         command = COMMAND_ADAPTER.validate_python(
             {
                 "type": kind,
