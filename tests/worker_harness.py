@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +24,7 @@ from ledger_stream.settings import Settings
 from ledger_stream.topics import TopicNames
 
 WORKER_READY_TIMEOUT_S = 90.0
+REBUILD_TIMEOUT_S = 120.0
 POLL_S = 0.25
 T = TypeVar("T")
 
@@ -131,4 +135,62 @@ async def journal(settings: Settings) -> list[JournalEvent]:
     """Every journal event of the ledger, once each (`ledger_stream.journal.read_journal`)."""
     return await read_journal(
         settings.bootstrap_servers, TopicNames.from_settings(settings).journal
+    )
+
+
+async def partitions_written(worker: WorkerProcess) -> list[int]:
+    """The partitions the worker writes now, from its `/partitions/` view."""
+    body = json.loads(await worker.view("/partitions/"))
+    return [int(p) for p in body["partitions"]]
+
+
+async def v1_get(
+    session: aiohttp.ClientSession, worker: WorkerProcess, path: str, **params: str
+) -> tuple[int, Any]:
+    """One GET of the worker's /v1 API: the status and the JSON body (a problem or not)."""
+    async with session.get(worker.url + path, params=params) as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def v1_read(
+    session: aiohttp.ClientSession,
+    worker: WorkerProcess,
+    path: str,
+    workers: Workers,
+    **params: str,
+) -> Any:
+    """The 200 body of a GET of the worker's /v1 API, asked again while it answers 503 (the
+    group rebalancing, the owner's map being read, the read models still folding); any other
+    status fails the test."""
+    status, body = await polled(
+        lambda: v1_get(session, worker, path, **params),
+        lambda answer: answer[0] != 503,
+        workers,
+        f"GET {path} of {worker.url} to answer other than 503",
+    )
+    assert status == 200, (worker.url, path, params, status, body)
+    return body
+
+
+async def rebuild(
+    settings: Settings, data_dir: Path, *flags: str
+) -> subprocess.CompletedProcess[str]:
+    """`ledger-stream rebuild` of the ledger against the live read models in `data_dir`."""
+    command = [
+        sys.executable,
+        "-m",
+        "agents.cli",
+        "rebuild",
+        "--bootstrap",
+        settings.bootstrap_servers,
+        "--prefix",
+        settings.topic_prefix,
+        "--partitions",
+        str(settings.partitions),
+        "--data-dir",
+        str(data_dir),
+        *flags,
+    ]
+    return await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, timeout=REBUILD_TIMEOUT_S
     )
