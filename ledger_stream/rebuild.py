@@ -45,7 +45,9 @@ class Rebuilt:
 async def rebuild(settings: Settings, into: Path | None, replace: bool) -> list[Rebuilt]:
     topics = TopicNames.from_settings(settings)
     identity = f"{topics.journal}/{settings.partitions}"
-    work = Path(tempfile.mkdtemp(prefix="rebuild-", dir=into or settings.data_dir))
+    parent = into or settings.data_dir
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="rebuild-", dir=parent))
     consumer = reader(settings.bootstrap_servers)
     await consumer.start()
     rebuilt = []

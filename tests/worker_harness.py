@@ -138,10 +138,15 @@ async def journal(settings: Settings) -> list[JournalEvent]:
     )
 
 
-async def partitions_written(worker: WorkerProcess) -> list[int]:
-    """The partitions the worker writes now, from its `/partitions/` view."""
+async def owned_partitions(worker: WorkerProcess) -> tuple[str, list[int]]:
+    """The worker's writer id and the partitions it writes now, from its `/partitions/` view."""
     body = json.loads(await worker.view("/partitions/"))
-    return [int(p) for p in body["partitions"]]
+    return body["writer"], [int(p) for p in body["partitions"]]
+
+
+async def partitions_written(worker: WorkerProcess) -> list[int]:
+    """The partitions the worker writes now."""
+    return (await owned_partitions(worker))[1]
 
 
 async def v1_get(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import random
@@ -92,12 +91,6 @@ def pause(worker: WorkerProcess) -> None:
     """SIGSTOP, by pid: the worker stops mid-step, its sockets open, its heartbeats gone."""
     assert worker.process is not None and worker.alive()
     os.kill(worker.process.pid, signal.SIGSTOP)
-
-
-async def owned_partitions(worker: WorkerProcess) -> tuple[str, list[int]]:
-    """The worker's writer id and the partitions it writes, from its HTTP view."""
-    body = json.loads(await worker.view("/partitions/"))
-    return body["writer"], body["partitions"]
 
 
 # -- commands -----------------------------------------------------------------------------

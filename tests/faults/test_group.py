@@ -18,11 +18,10 @@ from ledger_load import (
     assert_ledger_sound,
     client_for,
     finished,
-    owned_partitions,
     pause,
     read_state_log,
 )
-from worker_harness import Workers, exit_code, polled, resume, until
+from worker_harness import Workers, exit_code, owned_partitions, polled, resume, until
 
 from agents.writer import EXIT_FENCED
 from ledger_stream.local import WorkerProcess
