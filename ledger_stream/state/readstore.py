@@ -8,17 +8,16 @@ refolded, and so can any directory at any time (`ledger-stream rebuild`).
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import rocksdict
 
 from ledger_stream.state import closing
+from ledger_stream.state.store import IDENTITY_KEY, open_tagged
 
 logger = logging.getLogger(__name__)
 
-_IDENTITY = b"m|identity"
 _POSITION = b"m|offset|"  # + topic: the next offset to fold
 MEMTABLE_BYTES = 8 * 1024 * 1024
 META_PREFIX = "m|"
@@ -35,27 +34,12 @@ class ReadStore:
         self.db = self._open()
 
     def _open(self) -> rocksdict.Rdict:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         options = rocksdict.Options(raw_mode=True)
         options.create_if_missing(True)
         options.set_write_buffer_size(MEMTABLE_BYTES)
         # With its write-ahead log (unlike the writer's store): `ledger-stream rebuild` reads
         # a live store as a RocksDB secondary, which sees only what the log holds.
-        db = rocksdict.Rdict(str(self.path), options=options)
-        found = db.get(_IDENTITY)
-        if found is not None and found.decode() != self.identity:
-            logger.warning(
-                "read models in %s belong to %s, not %s; folding them again",
-                self.path,
-                found.decode(),
-                self.identity,
-            )
-            db.close()
-            shutil.rmtree(self.path)
-            return self._open()
-        if found is None:
-            db.put(_IDENTITY, self.identity.encode())
-        return db
+        return open_tagged(self.path, self.identity, options, "folding the read models again")
 
     @classmethod
     def secondary(cls, path: Path, secondary_path: Path) -> ReadStore:
@@ -113,5 +97,5 @@ class ReadStore:
         `ledger-stream rebuild` compares."""
         for key, value in self.db.items():
             assert isinstance(key, bytes) and isinstance(value, bytes)
-            if key != _IDENTITY and not key.startswith(_POSITION):
+            if key != IDENTITY_KEY and not key.startswith(_POSITION):
                 yield key, value

@@ -29,7 +29,7 @@ _COMPACT = b"c:"  # compact outcomes (a key is never in both for long; whole win
 _POSITION = b"m:position"
 _HEAD = b"m:head"
 _SNAPSHOT = b"m:snapshot"
-_IDENTITY = b"m:identity"
+IDENTITY_KEY = b"m:identity"
 MEMTABLE_BYTES = 8 * 1024 * 1024
 
 
@@ -73,6 +73,25 @@ class Changes:
     compact: dict[str, bytes] = field(default_factory=dict)  # outcomes now compact
 
 
+def open_tagged(
+    path: Path, identity: str, options: rocksdict.Options, then: str
+) -> rocksdict.Rdict:
+    """The RocksDB at `path`, tagged with `identity` (which ledger it mirrors); one tagged
+    otherwise is deleted, with a warning ending in `then`, and opened anew."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = rocksdict.Rdict(str(path), options=options)
+    found = db.get(IDENTITY_KEY)
+    if found is not None and found.decode() != identity:
+        logger.warning("%s belongs to %s, not %s; %s", path, found.decode(), identity, then)
+        db.close()
+        shutil.rmtree(path)
+        db = rocksdict.Rdict(str(path), options=options)
+        found = None
+    if found is None:
+        db.put(IDENTITY_KEY, identity.encode())
+    return db
+
+
 class PartitionStore:
     """RocksDB for one partition, in `<data_dir>/partition-<n>`, tagged with `identity`
     (which ledger and which state topic it mirrors); a directory tagged otherwise is wiped."""
@@ -83,7 +102,6 @@ class PartitionStore:
         self.db = self._open()
 
     def _open(self) -> rocksdict.Rdict:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         options = rocksdict.Options(raw_mode=True)
         options.create_if_missing(True)
         # RocksDB's default memtable is 64 MiB, two of them, per partition: a worker of 8
@@ -94,7 +112,7 @@ class PartitionStore:
         table = rocksdict.BlockBasedOptions()
         table.set_bloom_filter(10, False)
         options.set_block_based_table_factory(table)
-        db = rocksdict.Rdict(str(self.path), options=options)
+        db = open_tagged(self.path, self.identity, options, "rebuilding it from the state log")
         # No write-ahead log, as Kafka Streams does for its stores: the state log is the
         # record. A crash loses what the memtables held, position included (one write batch
         # is one memtable write), so the store is some earlier prefix of the log and
@@ -102,19 +120,6 @@ class PartitionStore:
         writing = rocksdict.WriteOptions()
         writing.disable_wal = True  # type: ignore[method-assign,assignment]
         db.set_write_options(writing)
-        found = db.get(_IDENTITY)
-        if found is not None and found.decode() != self.identity:
-            logger.warning(
-                "local state in %s belongs to %s, not %s; rebuilding it from the state log",
-                self.path,
-                found.decode(),
-                self.identity,
-            )
-            db.close()
-            shutil.rmtree(self.path)
-            return self._open()
-        if found is None:
-            db.put(_IDENTITY, self.identity.encode())
         return db
 
     def wipe(self, why: str) -> None:

@@ -7,16 +7,13 @@ waits for the read models before reading.
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from worker_harness import Workers
+from worker_harness import Workers, rebuild
 
 from ledger_stream.client import LedgerClient
 from ledger_stream.codes import Code
@@ -255,22 +252,8 @@ async def test_rebuild_refolds_the_journal_into_read_models_identical_to_the_liv
     await http.command(
         "/v1/transfers", {"account": one, "destination": two, "amount": 30, "currency": "USD"}
     )
-    await http.get(f"/v1/accounts/{two}")  # folded here, so the rebuild compares it
-    command = [
-        sys.executable,
-        "-m",
-        "agents.cli",
-        "rebuild",
-        "--bootstrap",
-        module_ledger.bootstrap_servers,
-        "--prefix",
-        module_ledger.topic_prefix,
-        "--partitions",
-        str(module_ledger.partitions),
-        "--data-dir",
-        str(worker.data_dir),
-    ]
-    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True)
+    await http.get(f"/v1/accounts/{two}/history")  # folded here: the rebuild compares it
+    done = await rebuild(module_ledger, worker.data_dir)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "rebuilt read models identical to the live ones" in done.stdout
     assert done.stdout.count("identical to the live read models") == module_ledger.partitions
