@@ -22,7 +22,7 @@ from agents.routing import Owners
 from agents.views import create_web_app
 from agents.writer import EXIT_BROKER_GONE, EXIT_BUG, Writer, stop_worker
 from ledger_stream.client import LedgerClient
-from ledger_stream.errors import BrokerUnavailable
+from ledger_stream.errors import BrokerUnavailable, ConfigurationError
 from ledger_stream.logs import fold_repeats
 from ledger_stream.settings import Settings
 from ledger_stream.topics import ensure_topics
@@ -66,8 +66,9 @@ async def _serve(settings: Settings) -> None:
             app = create_web_app(writer)
             api.routes(app)
             openapi.routes(app, partitions=settings.partitions)
-            http = _HttpThread(app, settings.web_host, settings.web_port)
-            host, port = http.start()
+            server = _HttpThread(app, settings.web_host, settings.web_port)
+            host, port = server.start()
+            http = server  # serving: stopped on the way out
             own_url = settings.web_advertised_url or f"http://{host}:{port}"
             api.owners = Owners(settings, own_url)
             writer.client_id = api.owners.client_id
@@ -100,7 +101,15 @@ class _HttpThread:
     def start(self) -> tuple[str, int]:
         self.thread.start()
         started = asyncio.run_coroutine_threadsafe(self._start(), self.loop)
-        return started.result(timeout=HTTP_START_TIMEOUT_S)
+        try:
+            return started.result(timeout=HTTP_START_TIMEOUT_S)
+        except OSError as error:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            raise ConfigurationError(
+                f"cannot serve HTTP on {self.host}:{self.port} ({error.strerror}); choose "
+                "another port (LEDGER_WEB_PORT, --web-port; 0 picks a free one) or host "
+                "(LEDGER_WEB_HOST)"
+            ) from error
 
     async def _start(self) -> tuple[str, int]:
         await self.runner.setup()
