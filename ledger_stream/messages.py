@@ -93,17 +93,24 @@ class CommandBase(Message):
         """What makes two commands with one id the same command (not routing or metadata)."""
         # The fields are plain values (limits aside), so the instance's own dict is
         # `model_dump`'s answer.
-        return {
-            k: v.model_dump() if isinstance(v, BaseModel) else v
-            for k, v in self.__dict__.items()
-            if k not in _NOT_FINGERPRINTED and not (v is None and k in _FINGERPRINTED_WHEN_GIVEN)
-        }
+        return fingerprinted(
+            {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in self.__dict__.items()}
+        )
 
 
 _NOT_FINGERPRINTED = ("reply_partition", "metadata")
-# Fields added after commands without them were decided: left out while absent, so that the
-# digest of such a command, kept in its outcome, is still the digest of its repeat.
-_FINGERPRINTED_WHEN_GIVEN = ("low_balance",)
+# Fields added after commands and legs without them were decided: left out while absent, so
+# that the digest of such a message, kept in its outcome, is still the digest of its repeat.
+_FINGERPRINTED_WHEN_GIVEN = ("low_balance", "invoice_id")
+
+
+def fingerprinted(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a command or leg that its fingerprint is made of."""
+    return {
+        k: v
+        for k, v in fields.items()
+        if k not in _NOT_FINGERPRINTED and not (v is None and k in _FINGERPRINTED_WHEN_GIVEN)
+    }
 
 
 class CurrencyField(Message):
@@ -348,11 +355,7 @@ class Leg(WriterMessage, frozen=True):
     ] = None
 
     def fingerprint_fields(self) -> dict[str, Any]:
-        fields = msgspec.structs.asdict(self)
-        del fields["reply_partition"], fields["metadata"]
-        if fields["invoice_id"] is None:  # added later: legs sent before keep their digests
-            del fields["invoice_id"]
-        return fields
+        return fingerprinted(msgspec.structs.asdict(self))
 
     @property
     def account(self) -> str:

@@ -248,6 +248,33 @@ def test_a_command_without_low_balance_keeps_the_fingerprint_it_had_before_the_f
     assert given.fingerprint_fields() == {**opened.fingerprint_fields(), "low_balance": 100}
 
 
+def test_a_leg_without_an_invoice_keeps_the_fingerprint_it_had_before_the_field() -> None:
+    """Legs sent before `invoice_id` existed are kept with the digest of their fields then."""
+    leg = Leg(
+        type="credit",
+        transfer_id="t1",
+        source="alice",
+        destination="zed",
+        amount=5,
+        currency="USD",
+        reply_partition=2,
+        metadata={"note": "n"},
+    )
+    assert set(leg.fingerprint_fields()) == {
+        "type",
+        "transfer_id",
+        "source",
+        "destination",
+        "amount",
+        "currency",
+        "code",
+        "payload_digest",
+        "command",
+    }
+    paid = msgspec.structs.replace(leg, invoice_id="INV-1")
+    assert paid.fingerprint_fields() == {**leg.fingerprint_fields(), "invoice_id": "INV-1"}
+
+
 def test_commands_are_frozen() -> None:
     command = COMMAND_ADAPTER.validate_json(wire("deposit"))
     with pytest.raises(ValidationError):
