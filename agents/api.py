@@ -30,6 +30,7 @@ from ledger_stream.messages import (
     COMMAND_ADAPTER,
     AccountState,
     Result,
+    aliased_fields,
     as_dict,
     from_json,
 )
@@ -433,10 +434,9 @@ class Api:
             fields = {**body, "type": kind, "command_id": key}
             if field is not None:
                 fields[field] = request.match_info[field]
-            for name in ("account", "destination"):
-                value = fields.get(name)
-                if isinstance(value, str) and not (kind == "register_alias" and name == "account"):
-                    fields[name] = await self._resolved(value)
+            for name in aliased_fields(kind):
+                if isinstance(fields.get(name), str):
+                    fields[name] = await self._resolved(fields[name])
             try:
                 command = COMMAND_ADAPTER.validate_python(fields)
             except ValidationError as error:

@@ -42,7 +42,14 @@ from ledger_stream.core import fingerprint
 from ledger_stream.errors import ConfigurationError, ReadFailed, ResultTimeout, SendFailed
 from ledger_stream.intake import RECORD_BYTES_MAX
 from ledger_stream.kafka.retry import started
-from ledger_stream.messages import ALIAS_PREFIX, COMMAND_ADAPTER, Command, Result, from_builtins
+from ledger_stream.messages import (
+    ALIAS_PREFIX,
+    COMMAND_ADAPTER,
+    Command,
+    Result,
+    aliased_fields,
+    from_builtins,
+)
 from ledger_stream.partitioning import partition_of
 from ledger_stream.reads import HttpReads
 
@@ -501,20 +508,18 @@ class LedgerClient:
         metadata: dict[str, str] | None = None,
         attempts_max: int = 1,
     ) -> Result:
-        given = {name: value for name, value in fields.items() if value is not None}
+        given = {"account": account}
+        given.update((name, value) for name, value in fields.items() if value is not None)
         # With the HTTP API to ask, an alias goes wherever an account id goes: sent as the
-        # account it names (not an alias being registered, nor an account being opened: the
-        # writer refuses to open one named `alias:`). Without it, as given.
+        # account it names. Without it, as given (the writer refuses it: account_reserved).
         if self._reads is not None:
-            if kind not in ("register_alias", "open_account"):
-                account = await self._resolved(account)
-            if isinstance(given.get("destination"), str):
-                given["destination"] = await self._resolved(given["destination"])
+            for name in aliased_fields(kind):
+                if isinstance(given.get(name), str):
+                    given[name] = await self._resolved(given[name])
         command = COMMAND_ADAPTER.validate_python(
             {
                 "type": kind,
                 "command_id": command_id or uuid.uuid4().hex,
-                "account": account,
                 "reply_partition": self.reply_partition,
                 "metadata": metadata,
                 **given,

@@ -32,6 +32,17 @@ IDENTIFIER_CHARS_MAX = 128
 # An account id that starts with this names an alias (`alias:bob@example.com`): only
 # `register_alias` may name one; every other command naming one is refused (account_reserved).
 ALIAS_PREFIX = "alias:"
+
+
+def aliased_fields(command_type: str) -> tuple[str, ...]:
+    """The fields of a command in which the HTTP API and `LedgerClient` take an alias for the
+    account it names (and send that account): not the alias being registered, nor the
+    account being opened, which the writer refuses to name `alias:`."""
+    if command_type in ("register_alias", "open_account"):
+        return ()
+    return ("account", "destination")
+
+
 Identifier = Annotated[
     str, Field(min_length=1, max_length=IDENTIFIER_CHARS_MAX, pattern=IDENTIFIER_PATTERN)
 ]

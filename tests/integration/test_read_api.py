@@ -183,6 +183,11 @@ async def test_aliases_pay_by_email_and_a_taken_alias_is_refused(
     )
     assert (status, kind, taken["code"]) == (409, PROBLEM, Code.ALIAS_TAKEN)
 
+    # An account is never opened under an alias, nor is the account it names opened again.
+    status, kind, refused, _ = await http.post(
+        "/v1/accounts", {"account": alias, "currency": "USD"}, key=uuid.uuid4().hex
+    )
+    assert (status, kind, refused["code"]) == (422, PROBLEM, Code.ACCOUNT_RESERVED)
     status, _, named = await http.get(f"/v1/aliases/{alias}")
     assert (status, named) == (200, {"alias": alias, "account": bob})
     paid = await http.command(
