@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import itertools
 import logging
 import re
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 import rocksdict
@@ -196,7 +197,7 @@ class Api:
 
     # -- reads ----------------------------------------------------------------------------
 
-    async def _owned(self, request: web.Request, name: str) -> tuple[str, ReadStore | None]:
+    async def _owned(self, name: str) -> tuple[str, ReadStore | None]:
         """The account `name` names (resolving an alias), and its read models once they show
         what this worker wrote to it; None for them when another worker owns it."""
         account = await self._resolved(name)
@@ -289,21 +290,16 @@ class Api:
         name = request.match_info["account"]
         limit = _int_query(request, "limit", PAGE_DEFAULT, 1, PAGE_MAX)
         cursor = _cursor(request)
-        account, store = await self._owned(request, name)
+        account, store = await self._owned(name)
         if store is None:
             return await self._forwarded(request, account)
         with _reading():
             _view(store, account)
             before = None if cursor is None else history_key(account, cursor)
-            items = []
-            for _, raw in store.newest(history_prefix(account), before):
-                items.append(as_dict(from_json(raw, HistoryItem)))
-                if len(items) == limit + 1:
-                    break
-            more = len(items) > limit
-            items = items[:limit]
-            next_cursor = str(items[-1]["seq"]) if more else None
-            return _json({"account": account, "items": items, "next_cursor": next_cursor})
+            page = _page(store, history_prefix(account), before, limit)
+        items = [as_dict(from_json(raw, HistoryItem)) for _, raw in page.entries]
+        next_cursor = None if page.last is None else str(seq_of(page.last))
+        return _json({"account": account, "items": items, "next_cursor": next_cursor})
 
     async def flags(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["account"]
@@ -316,24 +312,18 @@ class Api:
                 "cursor must be a next_cursor this API returned",
                 field="cursor",
             )
-        account, store = await self._owned(request, name)
+        account, store = await self._owned(name)
         if store is None:
             return await self._forwarded(request, account)
+        prefix = flag_prefix(account)
+        # A flag's key ends `<seq>|<rule>`; the cursor is that end, `|` written as `-`.
+        before = None if cursor is None else prefix + cursor.replace("-", "|")
         with _reading():
             _view(store, account)
-            prefix = flag_prefix(account)
-            # A flag's key ends `<seq>|<rule>`; the cursor is that end, `|` written as `-`.
-            before = None if cursor is None else prefix + cursor.replace("-", "|")
-            flags: list[Any] = []
-            ends: list[str] = []
-            for key, raw in store.newest(prefix, before):
-                flags.append(orjson.loads(raw))
-                ends.append(key[len(prefix) :].replace("|", "-"))
-                if len(flags) == limit + 1:
-                    break
-            more = len(flags) > limit
-            next_cursor = ends[limit - 1] if more else None
-            return _json({"account": account, "flags": flags[:limit], "next_cursor": next_cursor})
+            page = _page(store, prefix, before, limit)
+        flags = [orjson.loads(raw) for _, raw in page.entries]
+        next_cursor = None if page.last is None else page.last[len(prefix) :].replace("|", "-")
+        return _json({"account": account, "flags": flags, "next_cursor": next_cursor})
 
     async def summary(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["account"]
@@ -346,7 +336,7 @@ class Api:
             raise Problem(
                 422, "invalid_query", "day must be a date, YYYY-MM-DD", field="day"
             ) from None
-        account, store = await self._owned(request, name)
+        account, store = await self._owned(name)
         if store is None:
             return await self._forwarded(request, account)
         with _reading():
@@ -369,7 +359,7 @@ class Api:
             if state is None:
                 return await self._forwarded(request, account)
             return _json({"account": account, "currency": state.currency, **_balances(state)})
-        account, store = await self._owned(request, name)
+        account, store = await self._owned(name)
         if store is None:
             return await self._forwarded(request, account)
         with _reading():
@@ -397,10 +387,7 @@ class Api:
         partition = partition_of(alias, self.settings.partitions)
         if partition not in self.writer.logs:
             return await self._forwarded(request, alias)
-        account = await self.resolve_alias(alias)
-        if account is None:
-            raise Problem(404, "alias_not_found", f"no account is registered as {alias!r}")
-        return _json({"alias": alias, "account": account})
+        return _json({"alias": alias, "account": await self._resolved(alias)})
 
     # -- commands -------------------------------------------------------------------------
 
@@ -415,22 +402,15 @@ class Api:
                     "same key and body is answered with the first decision",
                 )
             body = await _json_body(request)
-            for name in _SET_BY_ROUTE:
+            for name in (*_SET_BY_ROUTE, *(() if field is None else (field,))):
                 if name in body:
                     raise Problem(
                         422,
                         Code.INVALID_COMMAND,
-                        f"{name!r} is set by the route and the Idempotency-Key header",
+                        f"{name!r} is set by the route (path, type, Idempotency-Key header)",
+                        field=name,
                         errors=[{"field": name, "message": "not allowed in the body"}],
                     )
-            if field is not None and field in body:
-                raise Problem(
-                    422,
-                    Code.INVALID_COMMAND,
-                    f"{field!r} is set by the path",
-                    field=field,
-                    errors=[{"field": field, "message": "not allowed in the body"}],
-                )
             fields = {**body, "type": kind, "command_id": key}
             if field is not None:
                 fields[field] = request.match_info[field]
@@ -456,12 +436,7 @@ class Api:
     ) -> web.StreamResponse:
         done, _ = await asyncio.wait({task}, timeout=self.settings.http_wait_s)
         if not done:
-            location = f"/v1/commands/{command_id}?account={account}"
-            return _json(
-                {"command_id": command_id, "status": "pending", "location": location},
-                status=202,
-                headers={"Location": location, "Retry-After": RETRY_AFTER_S},
-            )
+            return _pending(command_id, f"/v1/commands/{command_id}?account={account}")
         try:
             result = task.result()
         except LedgerError as error:
@@ -484,12 +459,7 @@ class Api:
         with _reading():
             outcome = stored_outcome(log.store, f"cmd:{command_id}")
         if outcome is None or outcome.result is None:
-            location = request.path_qs
-            return _json(
-                {"command_id": command_id, "status": "pending", "location": location},
-                status=202,
-                headers={"Location": location, "Retry-After": RETRY_AFTER_S},
-            )
+            return _pending(command_id, request.path_qs)
         return _decision(outcome.result)
 
 
@@ -504,6 +474,28 @@ def _reading() -> Iterator[None]:
             raise Problem(
                 503, "owner_moved", "the account's partition moved to another worker; try again"
             ) from None
+
+
+def _pending(command_id: str, location: str) -> web.Response:
+    """202: no decision yet; poll `location`."""
+    return _json(
+        {"command_id": command_id, "status": "pending", "location": location},
+        status=202,
+        headers={"Location": location, "Retry-After": RETRY_AFTER_S},
+    )
+
+
+class _Page(NamedTuple):
+    entries: list[tuple[str, bytes]]  # keys and values, newest first
+    last: str | None  # the key of the last entry, when there are more after it
+
+
+def _page(store: ReadStore, prefix: str, before: str | None, limit: int) -> _Page:
+    """Up to `limit` entries under `prefix`, newest first, below `before`."""
+    entries = list(itertools.islice(store.newest(prefix, before), limit + 1))
+    if len(entries) <= limit:
+        return _Page(entries, None)
+    return _Page(entries[:limit], entries[limit - 1][0])
 
 
 def _decision(result: Result) -> web.Response:
