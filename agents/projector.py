@@ -37,7 +37,7 @@ from ledger_stream.kafka.retry import retried, started
 from ledger_stream.messages import JournalEvent, Result, from_json, to_json
 from ledger_stream.notify import Notification
 from ledger_stream.partitioning import partition_of
-from ledger_stream.readmodel import Folded, ReadFold
+from ledger_stream.readmodel import Folded, ReadFold, folded_head
 from ledger_stream.settings import Settings
 from ledger_stream.state.readstore import ReadStore, read_store_path
 from ledger_stream.topics import TopicNames
@@ -105,14 +105,12 @@ class Projector:
         """Wait until the read models of `partition` show every write to `account` this
         worker has answered (agents/freshness.py); False when `timeout_s` passes first."""
 
-        def ready() -> bool:
-            return self.shows(partition, account)
-
-        if ready():
+        if self.shows(partition, account):
             return True
         async with self.progress:
             try:
-                await asyncio.wait_for(self.progress.wait_for(ready), timeout_s)
+                shown = self.progress.wait_for(lambda: self.shows(partition, account))
+                await asyncio.wait_for(shown, timeout_s)
             except asyncio.TimeoutError:
                 return False
         return True
@@ -178,7 +176,7 @@ class Projector:
         ends = await true_ends(self._marks(), marks)
         for number in new:
             store = ReadStore(read_store_path(Path(self.settings.data_dir), number), self.identity)
-            head = ReadFold(store.get, None).head.seq
+            head = folded_head(store.get).seq
             published = 0
             for topic in (self.topics.notifications, self.topics.flags):
                 mark = await self._published(TopicPartition(topic, number), ends)

@@ -187,12 +187,6 @@ def invoice_key(payer: str, invoice_id: str) -> str:
     return f"{_INVOICE}{payer}|{invoice_id}"
 
 
-def alias_key(alias: str) -> str:
-    """The claim that registers an alias once: the alias itself (`alias:<name>`)."""
-    assert alias.startswith(_ALIAS), alias
-    return alias
-
-
 def compacted(
     key: str, outcome: Outcome, before_ms: int, acknowledged: Mapping[tuple[str, int], int]
 ) -> bytes | None:
@@ -929,7 +923,7 @@ def _register_alias(state: _State, command: RegisterAlias, ts: int, digest: str)
     """The alias's claim makes it unique: only this partition's writer decides it. The
     target lives on another partition, so it is not checked; an alias event moves nothing."""
     assert command.account.startswith(ALIAS_PREFIX) and not _check_reserved(command.target)
-    claim = alias_key(command.account)
+    claim = command.account  # the alias is the key of its own claim (`alias:<name>`)
     if _claim_status(state, claim) != "free":
         return _refused(command, Code.ALIAS_TAKEN, digest)
     # After this point the registration must succeed.

@@ -140,6 +140,14 @@ def flag_prefix(account: str) -> str:
     return f"f|{account}|"
 
 
+def flag_key(account: str, seq: int, rule: str) -> str:
+    return f"f|{account}|{seq:0{SEQ_DIGITS}d}|{rule}"
+
+
+def anomaly_key(account: str) -> str:
+    return f"x|{account}"
+
+
 def alias_key(alias: str) -> str:
     return f"al|{alias}"
 
@@ -176,6 +184,12 @@ class Folded:
     gaps: list[tuple[int, int]] = field(default_factory=list)  # (expected seq, seq found)
 
 
+def folded_head(get: Callable[[str], bytes | None]) -> JournalHead:
+    """The last journal event the read models `get` reads have folded."""
+    raw = get(HEAD_KEY)
+    return JournalHead() if raw is None else from_json(raw, JournalHead)
+
+
 class ReadFold:
     """Folds one journal partition's events, in journal order, over the state `get` reads.
 
@@ -188,8 +202,7 @@ class ReadFold:
         self._get = get
         self.rules = rules
         self.out = Folded()
-        raw = get(HEAD_KEY)
-        self.head = JournalHead() if raw is None else from_json(raw, JournalHead)
+        self.head = folded_head(get)
 
     def read(self, key: str) -> bytes | None:
         """The value of `key`, as the events folded so far left it."""
@@ -252,7 +265,7 @@ class ReadFold:
         self._put(time_key(account, ms, seq), b"")
         opening = 0 if before is None else before.balance
         self._summarize(account, item, opening)
-        self._notify(event, account, before, after, item)
+        self._notify(event, account, opening, after, item)
         if moved.debit != moved.credit and self.rules is not None:
             self._flag(event, account, item)
 
@@ -273,10 +286,12 @@ class ReadFold:
         self,
         event: JournalEvent,
         account: str,
-        before: AccountView | None,
+        opening: int,
         after: AccountView,
         item: HistoryItem,
     ) -> None:
+        """`opening`: the posted balance before the event."""
+
         def note(what: Any, amount: int | None, **details: Any) -> None:
             self.out.notifications.append(
                 (
@@ -302,8 +317,8 @@ class ReadFold:
         elif net < 0:
             note(_SENT, -net, kind=event.kind, counterparty=item.counterparty)
         threshold = after.low_balance
-        was_above = before is None or before.balance >= (threshold or 0)
-        if threshold is not None and net < 0 and was_above and after.balance < threshold:
+        # Crossed going down (not an account opened below its threshold).
+        if threshold is not None and net < 0 and after.balance < threshold <= opening:
             note("low_balance", None, threshold=threshold)
         if event.kind == "hold_expired" and account == event.account:
             note("hold_expired", -item.pending_debit or None, hold_id=event.hold_id)
@@ -312,7 +327,7 @@ class ReadFold:
 
     def _flag(self, event: JournalEvent, account: str, item: HistoryItem) -> None:
         assert self.rules is not None
-        key = f"x|{account}"
+        key = anomaly_key(account)
         raw = self.read(key)
         state = None if raw is None else from_json(raw, AnomalyState)
         out = item.debit > item.credit
@@ -329,7 +344,7 @@ class ReadFold:
         state, flags = check(self.rules, state, movement)
         self._put(key, to_json(state))
         for flag in flags:
-            self._put(f"f|{account}|{item.seq:0{SEQ_DIGITS}d}|{flag.rule}", to_json(flag))
+            self._put(flag_key(account, item.seq, flag.rule), to_json(flag))
         self.out.flags.extend((item.seq, flag) for flag in flags)
 
 
