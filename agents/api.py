@@ -329,7 +329,7 @@ class Api:
         name = request.match_info["account"]
         day = request.query.get("day") or utc_day(int(_now().timestamp() * 1000))
         try:
-            start = datetime.datetime.fromisoformat(day).replace(tzinfo=datetime.timezone.utc)
+            start = datetime.datetime.fromisoformat(day).replace(tzinfo=datetime.UTC)
             if len(day) != 10:
                 raise ValueError(day)
         except ValueError:
@@ -616,9 +616,9 @@ def _time_query(request: web.Request, name: str) -> int | None:
             field=name,
         ) from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
+        moment = moment.replace(tzinfo=datetime.UTC)
     return int(moment.timestamp() * 1000)
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)

@@ -210,7 +210,7 @@ class Notifier:
                 consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()}),
                 ACKNOWLEDGE_TIMEOUT_S,
             )
-        except (KafkaError, asyncio.TimeoutError) as error:
+        except (TimeoutError, KafkaError) as error:
             retries_logger.warning(
                 "could not acknowledge notification offsets (%r); they will be delivered "
                 "again if this notifier stops first",
@@ -290,7 +290,7 @@ class Notifier:
                 answer = await response.content.read(ANSWER_CHARS_MAX)
                 said = answer.decode("utf-8", "replace").strip()
                 return f"HTTP {response.status}" + (f": {said}" if said else "")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return f"no answer within {self.settings.webhook_timeout_s} s"
         except aiohttp.ClientError as error:
             return f"{type(error).__name__}: {error}"

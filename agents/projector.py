@@ -111,7 +111,7 @@ class Projector:
             try:
                 shown = self.progress.wait_for(lambda: self.shows(partition, account))
                 await asyncio.wait_for(shown, timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return False
         return True
 

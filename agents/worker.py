@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 # How long a command sent through the HTTP API may take before its waiting task gives up
 # (the POST itself answers 202 after `http_wait_s`).
 HTTP_COMMAND_TIMEOUT_S = 120.0
-HTTP_START_TIMEOUT_S = 30.0
+HTTP_THREAD_TIMEOUT_S = 30.0
 HTTP_SWITCH_INTERVAL_S = 0.001
 
 
@@ -108,7 +108,7 @@ class _HttpThread:
         self.thread.start()
         started = asyncio.run_coroutine_threadsafe(self._start(), self.loop)
         try:
-            return started.result(timeout=HTTP_START_TIMEOUT_S)
+            return started.result(timeout=HTTP_THREAD_TIMEOUT_S)
         except OSError as error:
             self.loop.call_soon_threadsafe(self.loop.stop)
             raise ConfigurationError(
@@ -134,10 +134,10 @@ class _HttpThread:
 
         try:
             stopped = asyncio.run_coroutine_threadsafe(stop(), self.loop)
-            await asyncio.wait_for(asyncio.wrap_future(stopped), HTTP_START_TIMEOUT_S)
+            await asyncio.wait_for(asyncio.wrap_future(stopped), HTTP_THREAD_TIMEOUT_S)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
-            await asyncio.to_thread(self.thread.join, HTTP_START_TIMEOUT_S)
+            await asyncio.to_thread(self.thread.join, HTTP_THREAD_TIMEOUT_S)
 
 
 def _watched(work: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:

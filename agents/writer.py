@@ -114,9 +114,10 @@ class Piece:
 
 
 class Writer:
-    def __init__(self, settings: Settings, client_id: str | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client_id = client_id  # the consumer's: the URL reads are routed to (routing.py)
+        # The consumer's client id, set before `run`: the URL reads are routed to (routing.py).
+        self.client_id: str | None = None
         self.topics = TopicNames.from_settings(settings)
         self.faults = Faults(settings.fault_point, settings.fault_after, settings.fault_action)
         self.writer_id = uuid.uuid4().hex  # one per process incarnation

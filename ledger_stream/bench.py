@@ -486,7 +486,7 @@ async def _read(session: aiohttp.ClientSession, url: str, reads: Reads) -> bool:
     try:
         async with session.get(url) as response:
             body = await response.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+    except (TimeoutError, aiohttp.ClientError) as error:
         reads.errors[type(error).__name__] += 1
         return False
     if response.status != 200:

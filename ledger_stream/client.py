@@ -416,7 +416,7 @@ class LedgerClient:
                 )
             try:
                 return await self._published(command, digest, value)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise ResultTimeout(command, self.timeout_s, attempts=attempts_max) from None
 
     async def _published(self, command: Command, digest: str, value: bytes) -> Result:

@@ -153,7 +153,7 @@ def alias_key(alias: str) -> str:
 
 
 def utc_day(ms: int) -> str:
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).date().isoformat()
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).date().isoformat()
 
 
 def seq_of(key: str) -> int:

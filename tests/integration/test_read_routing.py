@@ -132,7 +132,7 @@ async def test_reads_answer_alike_from_either_worker_and_from_the_one_left(
     print(f"first writes {firsts}, second writes {seconds}")
 
     test = uuid.uuid4().hex[:8]
-    day = datetime.datetime.now(datetime.timezone.utc).date().isoformat()  # fixed for the test
+    day = datetime.datetime.now(datetime.UTC).date().isoformat()  # fixed for the test
     holders = [name_on(p, f"holder-{test}", n) for p in range(n)]
     payer = holders[seconds[0]]
     payee = name_on(seconds[-1], f"payee-{test}", n)

@@ -47,7 +47,7 @@ from ledger_stream.state.readstore import ReadStore
 from ledger_stream.state.store import StoredOutcome
 
 ALIAS = "alias:alice@example.com"
-OPENED_MS = int(datetime.datetime(2026, 1, 31, 9, tzinfo=datetime.timezone.utc).timestamp() * 1000)
+OPENED_MS = int(datetime.datetime(2026, 1, 31, 9, tzinfo=datetime.UTC).timestamp() * 1000)
 DEPOSITED_MS = OPENED_MS + 3_600_000
 
 
