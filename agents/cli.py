@@ -315,7 +315,9 @@ def _rebuild(args: argparse.Namespace) -> int:
         return 0 if same else 1
     for r in rebuilt:
         verdict = (
-            "no live read models here to compare"
+            "put in place of the live read models (not compared)"
+            if args.replace
+            else "no live read models here to compare"
             if not r.compared
             else "identical to the live read models"
             if not r.differences

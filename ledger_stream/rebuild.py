@@ -4,8 +4,9 @@ compare them with the live ones.
 The live read models of a partition (`<data_dir>/read/partition-<n>`) are read as a RocksDB
 secondary, so the worker that writes them goes on meanwhile. The fresh fold stops at the
 journal offset the live one had reached, so the two describe the same prefix of the journal
-and must be identical, key for key. With `replace`, the fresh fold takes the live one's
-place (the worker must be stopped: RocksDB refuses a second writer).
+and must be identical, key for key. With `replace`, the fresh fold goes to the journal's end
+and takes the live one's place, uncompared (the worker must be stopped: RocksDB refuses a
+second writer).
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ async def rebuild(settings: Settings, into: Path | None, replace: bool) -> list[
             live_path = read_store_path(settings.data_dir, number)
             fresh_path = work / f"partition-{number}"
             fresh = ReadStore(fresh_path, identity)
-            live = _live(live_path, work / f"secondary-{number}", replace)
+            if replace:
+                _unused(live_path, identity)
+            live = None if replace else _live(live_path, work / f"secondary-{number}")
             tp = TopicPartition(topics.journal, number)
             end = (await true_ends(consumer, [tp]))[tp]
             if live is not None:
@@ -79,17 +82,21 @@ async def rebuild(settings: Settings, into: Path | None, replace: bool) -> list[
     return rebuilt
 
 
-def _live(path: Path, secondary: Path, replace: bool) -> ReadStore | None:
+def _live(path: Path, secondary: Path) -> ReadStore | None:
+    """The live read models at `path`, read as they are written; None where there are none."""
+    return ReadStore.secondary(path, secondary) if path.exists() else None
+
+
+def _unused(path: Path, identity: str) -> None:
+    """Refuse to replace read models a worker has open (RocksDB lets one process write)."""
     if not path.exists():
-        return None
-    if replace:
-        try:
-            return ReadStore(path, "")
-        except Exception as error:
-            raise LedgerError(
-                f"cannot open {path} to replace it ({error}); stop the worker that owns it first"
-            ) from error
-    return ReadStore.secondary(path, secondary)
+        return
+    try:
+        ReadStore(path, identity).close()
+    except Exception as error:
+        raise LedgerError(
+            f"cannot open {path} to replace it ({error}); stop the worker that owns it first"
+        ) from error
 
 
 async def _fold(

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from worker_harness import Workers, rebuild
 
@@ -262,6 +263,21 @@ async def test_rebuild_refolds_the_journal_into_read_models_identical_to_the_liv
     assert done.returncode == 0, done.stdout + done.stderr
     assert "rebuilt read models identical to the live ones" in done.stdout
     assert done.stdout.count("identical to the live read models") == module_ledger.partitions
+    # --replace folds to the journal's end into a directory no worker has open, where the
+    # next rebuild finds read models identical to its own fold.
+    elsewhere = worker.data_dir.parent / f"replaced-{uuid.uuid4().hex[:6]}"
+    for _ in range(2):  # the second time over read models already there
+        placed = await rebuild(module_ledger, elsewhere, "--replace")
+        assert placed.returncode == 0, placed.stdout + placed.stderr
+        assert placed.stdout.count("put in place of the live read models") == (
+            module_ledger.partitions
+        )
+    again = await rebuild(module_ledger, elsewhere, "--json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    report = orjson.loads(again.stdout.splitlines()[-1])
+    assert report["identical"] is True
+    assert sum(p["events"] for p in report["partitions"]) > 0
+    assert all(p["compared"] for p in report["partitions"])
 
 
 async def test_the_client_reads_and_pays_an_alias(
