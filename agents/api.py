@@ -84,6 +84,7 @@ _FLAG_CURSOR = re.compile(r"[0-9]{12}-[a-z_]+")
 _SET_BY_ROUTE = ("type", "command_id", "reply_partition")
 
 _NOT_FOUND = {
+    Code.ALIAS_NOT_FOUND,
     Code.ACCOUNT_NOT_FOUND,
     Code.HOLD_NOT_FOUND,
     Code.PAYMENT_NOT_FOUND,
@@ -238,7 +239,7 @@ class Api:
             return name
         account = await self.resolve_alias(name)
         if account is None:
-            raise Problem(404, "alias_not_found", f"no account is registered as {name!r}")
+            raise Problem(404, Code.ALIAS_NOT_FOUND, f"no account is registered as {name!r}")
         return account
 
     async def resolve_alias(self, alias: str) -> str | None:

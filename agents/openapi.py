@@ -54,7 +54,6 @@ SET_BY_ROUTE = ("type", "command_id", "reply_partition")
 API_PROBLEMS: dict[str, tuple[int, str]] = {
     "idempotency_key_required": (400, "the POST has no Idempotency-Key header"),
     "invalid_query": (422, "a query parameter is missing, out of range or malformed"),
-    "alias_not_found": (404, "no account is registered under the alias"),
     "read_models_behind": (
         503,
         "the read models have not yet folded the writes answered for the account "
@@ -195,7 +194,7 @@ class _Read:
     decision: bool = False  # answers a command's decision: 202, or a problem with its code
 
 
-_ACCOUNT_PROBLEMS = (Code.ACCOUNT_NOT_FOUND, "alias_not_found", "read_models_behind")
+_ACCOUNT_PROBLEMS = (Code.ACCOUNT_NOT_FOUND, Code.ALIAS_NOT_FOUND, "read_models_behind")
 READS = (
     _Read(
         "/v1/accounts/{account}",
@@ -253,7 +252,7 @@ READS = (
         "The account an alias names",
         "Answered by the worker owning the alias's partition.",
         "Alias",
-        problems=("alias_not_found", "read_models_behind"),
+        problems=(Code.ALIAS_NOT_FOUND, "read_models_behind"),
     ),
     _Read(
         "/v1/commands/{command_id}",
@@ -624,7 +623,7 @@ def _post_operation(path: str, kind: str, schemas: dict[str, Any]) -> dict[str, 
         **_by_status(
             (
                 "idempotency_key_required",
-                "alias_not_found",
+                Code.ALIAS_NOT_FOUND,
                 "read_models_behind",
                 "owner_unknown",
                 "not_published",

@@ -622,6 +622,7 @@ def _outbox(number: int, decision: Decision) -> Outbox:
         legs=list(decision.legs),
         dead_letters=[_refused_letter(item, reason) for item, reason in decision.refused],
         receipts=[(number, receipt) for receipt in decision.receipts],
+        forwards=list(decision.forwards),
     )
 
 

@@ -39,15 +39,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.cluster import ClusterMetadata
 
 from ledger_stream.core import fingerprint
-from ledger_stream.errors import ConfigurationError, ReadFailed, ResultTimeout, SendFailed
+from ledger_stream.errors import ConfigurationError, ResultTimeout, SendFailed
 from ledger_stream.intake import RECORD_BYTES_MAX
 from ledger_stream.kafka.retry import started
 from ledger_stream.messages import (
-    ALIAS_PREFIX,
     COMMAND_ADAPTER,
     Command,
     Result,
-    aliased_fields,
     from_builtins,
 )
 from ledger_stream.partitioning import partition_of
@@ -113,7 +111,7 @@ class LedgerClient:
         self._unreported: list[SendFailed] = []
         # Called with every result read from the reply partition (see `watch_results`).
         self._watchers: list[Callable[[dict[str, Any]], None]] = []
-        # Reads, and aliases in commands, go to a worker's HTTP API (any worker).
+        # Reads go to a worker's HTTP API (any worker).
         self._reads = None if http_url is None else HttpReads(http_url)
 
     async def __aenter__(self) -> LedgerClient:
@@ -370,18 +368,10 @@ class LedgerClient:
     def _http(self) -> HttpReads:
         if self._reads is None:
             raise ConfigurationError(
-                "reads and aliases go through a worker's HTTP API: pass http_url (e.g. "
+                "reads go through a worker's HTTP API: pass http_url (e.g. "
                 "http://127.0.0.1:6066) to LedgerClient"
             )
         return self._reads
-
-    async def _resolved(self, name: str) -> str:
-        if not name.startswith(ALIAS_PREFIX):
-            return name
-        account = await self.resolve_alias(name)
-        if account is None:
-            raise ReadFailed(404, {"code": "alias_not_found", "detail": f"no account is {name}"})
-        return account
 
     async def submit(self, command: Command, *, attempts_max: int = 1) -> Result:
         """Publish a command and wait for its result, up to `timeout_s` per attempt.
@@ -510,12 +500,6 @@ class LedgerClient:
     ) -> Result:
         given = {"account": account}
         given.update((name, value) for name, value in fields.items() if value is not None)
-        # With the HTTP API to ask, an alias goes wherever an account id goes: sent as the
-        # account it names. Without it, as given (the writer refuses it: account_reserved).
-        if self._reads is not None:
-            for name in aliased_fields(kind):
-                if isinstance(given.get(name), str):
-                    given[name] = await self._resolved(given[name])
         command = COMMAND_ADAPTER.validate_python(
             {
                 "type": kind,

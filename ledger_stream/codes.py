@@ -15,6 +15,7 @@ from ledger_stream.money import AMOUNT_MAX, BALANCE_MAX
 
 class Code(StrEnum):
     EXISTS_WITH_DIFFERENT_PAYLOAD = "exists_with_different_payload"
+    ALIAS_NOT_FOUND = "alias_not_found"
     ACCOUNT_RESERVED = "account_reserved"
     INVALID_AMOUNT = "invalid_amount"
     AMOUNT_TOO_LARGE = "amount_too_large"
@@ -56,6 +57,7 @@ class Code(StrEnum):
 # the writer decides anything.
 PRECEDENCE: dict[Code, int] = {
     Code.EXISTS_WITH_DIFFERENT_PAYLOAD: 1,
+    Code.ALIAS_NOT_FOUND: 2,
     Code.ACCOUNT_RESERVED: 2,
     Code.INVALID_AMOUNT: 3,
     Code.AMOUNT_TOO_LARGE: 4,
@@ -90,6 +92,7 @@ PRECEDENCE: dict[Code, int] = {
 
 REASONS: dict[Code, str] = {
     Code.EXISTS_WITH_DIFFERENT_PAYLOAD: "this command_id was already used for another command",
+    Code.ALIAS_NOT_FOUND: "no account is registered under the alias",
     Code.ACCOUNT_RESERVED: "accounts starting with '@' are system accounts, and ids starting "
     "with 'alias:' are aliases",
     Code.INVALID_AMOUNT: "amounts must be positive integers of minor units",

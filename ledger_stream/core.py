@@ -79,6 +79,7 @@ from ledger_stream.messages import (
     Transfer,
     VoidHold,
     Withdraw,
+    aliases_named,
     from_builtins,
     replaced,
 )
@@ -135,7 +136,10 @@ class Decision:
 
     `head` is the end of the journal chain after the batch. `refused` holds the inputs that
     were not decided, with the reason: they change nothing and answer no one; the writer
-    sends them to the dead-letter topic.
+    sends them to the dead-letter topic. `forwards` holds the commands that name an alias
+    another writer resolves, or, with their aliases resolved, an account another writer
+    owns: the writer sends them on to the commands topic (keyed by `messages.routed_by`)
+    with their record time.
     """
 
     accounts: dict[str, AccountState] = field(default_factory=dict)
@@ -145,6 +149,7 @@ class Decision:
     legs: list[Leg] = field(default_factory=list)
     receipts: list[Receipt] = field(default_factory=list)
     refused: list[tuple[Incoming, str]] = field(default_factory=list)
+    forwards: list[Incoming] = field(default_factory=list)
     head: JournalHead = field(default_factory=JournalHead)
 
     def emit(
@@ -169,6 +174,7 @@ class Decision:
 # Outcome keys: a prefix, then a command id (or, for an invoice, payer and invoice id; for
 # an alias, its name: the key is the alias).
 _COMMAND, _CREDIT, _INVOICE, _REVERSAL = "cmd:", "leg:credit:", "inv:", "rev:"
+_UNRESOLVED = "unresolved:"  # a command refused here because an alias it named was not known
 _ALIAS = ALIAS_PREFIX
 
 
@@ -248,7 +254,7 @@ def outcome_from_compact(key: str, raw: bytes) -> Outcome:
 
 def _command_id_of(key: str) -> str | None:
     """The command id an outcome key names (claims name something else)."""
-    for prefix in (_CREDIT, _COMMAND):
+    for prefix in (_CREDIT, _COMMAND, _UNRESOLVED):
         if key.startswith(prefix):
             return key.removeprefix(prefix)
     assert key.startswith((_INVOICE, _REVERSAL, _ALIAS)), f"unknown outcome key {key!r}"
@@ -298,6 +304,8 @@ def decide(
         message = incoming.message
         if isinstance(message, Leg) and message.type != "credit":
             _return_to_source(state, decision, message, incoming)
+        elif not isinstance(message, Leg) and aliases_named(message):
+            _resolve(state, decision, message, incoming)
         else:
             _decide_input(state, decision, message, incoming)
     decision.accounts = state.accounts
@@ -318,25 +326,53 @@ def _decide_input(
         return
     key = outcome_key(message)
     digest = fingerprint(message)
-    previous = state.outcome(key)
-    if previous is not None:
-        if previous.fingerprint == digest:
-            # The same record read again (after a crash) is a replay, not a repeat.
-            replay = bool(incoming.origin) and previous.origin == incoming.origin
-            decision.emit(previous, message.reply_partition, duplicate=not replay)
-        elif isinstance(message, Leg):
-            # Command ids are unique per partition; a transfer from another partition may
-            # reuse the id of one already credited here. It goes back to its source.
-            code = Code.EXISTS_WITH_DIFFERENT_PAYLOAD
-            decision.legs.append(replaced(message, type="refund", code=code))
-        else:
-            rejection = _rejected(message, Code.EXISTS_WITH_DIFFERENT_PAYLOAD, digest)
-            decision.results.append(Reply(rejection, message.reply_partition))
+    if _answered_before(state, decision, key, message, digest, incoming):
         return
     if isinstance(message, Leg):
         outputs = _apply_credit(state, message, incoming.timestamp_ms)
     else:
         outputs = _apply_command(state, message, incoming.timestamp_ms, digest)
+    _store(state, decision, key, message, digest, incoming, outputs)
+
+
+def _answered_before(
+    state: _State,
+    decision: Decision,
+    key: str,
+    message: Command | Leg,
+    digest: str,
+    incoming: Incoming,
+) -> bool:
+    """Answer `message` from the outcome under `key` when there is one: the same message
+    again is answered as before, another one with the same id is refused."""
+    previous = state.outcome(key)
+    if previous is None:
+        return False
+    if previous.fingerprint == digest:
+        # The same record read again (after a crash) is a replay, not a repeat.
+        replay = bool(incoming.origin) and previous.origin == incoming.origin
+        decision.emit(previous, message.reply_partition, duplicate=not replay)
+    elif isinstance(message, Leg):
+        # Command ids are unique per partition; a transfer from another partition may
+        # reuse the id of one already credited here. It goes back to its source.
+        code = Code.EXISTS_WITH_DIFFERENT_PAYLOAD
+        decision.legs.append(replaced(message, type="refund", code=code))
+    else:
+        rejection = _rejected(message, Code.EXISTS_WITH_DIFFERENT_PAYLOAD, digest)
+        decision.results.append(Reply(rejection, message.reply_partition))
+    return True
+
+
+def _store(
+    state: _State,
+    decision: Decision,
+    key: str,
+    message: Command | Leg,
+    digest: str,
+    incoming: Incoming,
+    outputs: Outputs,
+) -> None:
+    """Keep what deciding `message` produced as its outcome under `key`, and send it."""
     outcome = Outcome(
         fingerprint=digest,
         result=outputs.result,
@@ -353,6 +389,38 @@ def _decide_input(
     if outputs.claim is not None:
         assert not isinstance(message, Leg)
         state.put_outcome(outputs.claim, _claim(outcome, message.command_id))
+
+
+def _resolve(state: _State, decision: Decision, command: Command, incoming: Incoming) -> None:
+    """A command naming aliases where accounts go. The writer of an alias's partition puts
+    the account the alias names in its place (every alias of its own at once); the command
+    then goes on to the next alias's writer, or is decided as the command on its account,
+    here when the account is here. An alias names its account for good, so the same
+    command resolves the same way every time, and its account's writer keeps its outcome;
+    a command naming an alias not registered (yet) is refused, and kept refused, here."""
+    named = aliases_named(command)
+    here = [(name, alias) for name, alias in named if state.is_local(alias)]
+    if not here:
+        decision.forwards.append(Incoming(command, incoming.timestamp_ms))
+        return
+    key = _UNRESOLVED + command.command_id
+    digest = fingerprint(command)
+    if _answered_before(state, decision, key, command, digest, incoming):
+        return
+    update: dict[str, str] = {}
+    for name, alias in here:
+        claim = state.outcome(alias)
+        if claim is None or claim.result is None or claim.result.destination is None:
+            reason = f"no account is registered under {alias!r}"
+            refusal = _refused(command, Refusal(Code.ALIAS_NOT_FOUND, reason), digest)
+            _store(state, decision, key, command, digest, incoming, refusal)
+            return
+        update[name] = claim.result.destination
+    resolved = command.model_copy(update=update)
+    if aliases_named(resolved) or not state.is_local(resolved.account):
+        decision.forwards.append(Incoming(resolved, incoming.timestamp_ms))
+    else:
+        _decide_input(state, decision, resolved, incoming)
 
 
 def _claim(outcome: Outcome, claimant: str) -> Outcome:

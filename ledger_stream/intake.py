@@ -1,7 +1,9 @@
 """Turning records into inputs for the core, and bad records into dead letters.
 
 A command record holds one command (a JSON object) or a batch of commands of one partition
-(a JSON array); a leg record holds a JSON array of legs of one partition. Anything that
+(a JSON array); a leg record holds a JSON array of legs of one partition. A command belongs to
+the partition of its account, or of the first alias it names (`messages.routed_by`: how a
+writer sends on a command whose alias another writer resolves). Anything that
 cannot be read, or names an account this partition does not own, becomes a dead letter with
 the original bytes and headers saying why; when a `command_id` can be read, a rejection
 result goes back to the client too. A record over `RECORD_BYTES_MAX` is not decided: its
@@ -30,6 +32,7 @@ from ledger_stream.messages import (
     LegBatch,
     Result,
     from_json,
+    routed_by,
 )
 
 DEADLETTER_HEADERS = ("source_topic", "source_partition", "source_offset", "error")
@@ -142,7 +145,9 @@ def _placed(
     inputs: list[Incoming] = []
     position = f"{record.topic}/{record.partition}/{record.offset}"
     for index, message in enumerate(messages):
-        if is_here(message.account):
+        if is_here(message.account) or (
+            isinstance(message, CommandBase) and is_here(routed_by(message))
+        ):
             inputs.append(Incoming(message, record.timestamp_ms, f"{position}/{index}"))
             continue
         reason = (

@@ -29,18 +29,34 @@ from ledger_stream.money import AMOUNT_MAX, BALANCE_MAX, CURRENCY_EXPONENTS, par
 IDENTIFIER_CHARS = "A-Za-z0-9@._:/+=-"
 IDENTIFIER_PATTERN = rf"^[{IDENTIFIER_CHARS}]+$"
 IDENTIFIER_CHARS_MAX = 128
-# An account id that starts with this names an alias (`alias:bob@example.com`): only
-# `register_alias` may name one; every other command naming one is refused (account_reserved).
+# An account id that starts with this names an alias (`alias:bob@example.com`), registered
+# by `register_alias`; other commands take one where an account goes (`aliased_fields`).
 ALIAS_PREFIX = "alias:"
 
 
 def aliased_fields(command_type: str) -> tuple[str, ...]:
-    """The fields of a command in which the HTTP API and `LedgerClient` take an alias for the
-    account it names (and send that account): not the alias being registered, nor the
-    account being opened, which the writer refuses to name `alias:`."""
+    """The fields of a command that take an alias for the account it names: not the alias
+    being registered, nor the account being opened, which may not be named `alias:`."""
     if command_type in ("register_alias", "open_account"):
         return ()
     return ("account", "destination")
+
+
+def aliases_named(command: CommandBase) -> list[tuple[str, str]]:
+    """(field, alias) of each alias the command names where an account goes, in field order."""
+    named = []
+    for name in aliased_fields(command.type):  # type: ignore[attr-defined]
+        value = getattr(command, name, None)
+        if value is not None and value.startswith(ALIAS_PREFIX):
+            named.append((name, value))
+    return named
+
+
+def routed_by(command: CommandBase) -> str:
+    """What a command is keyed by when a writer sends it on: the first alias it still names,
+    whose writer puts the account in its place, else its account."""
+    named = aliases_named(command)
+    return named[0][1] if named else command.account
 
 
 Identifier = Annotated[

@@ -1,4 +1,5 @@
-"""What a decided batch sends: journal events, results, legs and dead letters, as records.
+"""What a decided batch sends: journal events, results, legs, dead letters, receipts and
+commands sent on to another writer (`Decision.forwards`), as records.
 
 Every record stays well under a broker's message size limit: legs for one partition travel in
 records of at most `LEGS_PER_RECORD_MAX`, and a dead letter of an oversize record carries its
@@ -11,10 +12,10 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ledger_stream.core import Reply
+from ledger_stream.core import Incoming, Reply
 from ledger_stream.intake import DeadLetter
 from ledger_stream.kafka.records import OutRecord
-from ledger_stream.messages import JournalEvent, Leg, Receipt, to_json
+from ledger_stream.messages import JournalEvent, Leg, Receipt, routed_by, to_json
 from ledger_stream.partitioning import partition_of
 from ledger_stream.topics import TopicNames
 
@@ -31,6 +32,7 @@ class Outbox:
     legs: list[Leg] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     receipts: list[tuple[int, Receipt]] = field(default_factory=list)
+    forwards: list[Incoming] = field(default_factory=list)
 
     def extend(self, more: Outbox) -> None:
         self.journal += more.journal
@@ -38,6 +40,7 @@ class Outbox:
         self.legs += more.legs
         self.dead_letters += more.dead_letters
         self.receipts += more.receipts
+        self.forwards += more.forwards
 
     def records(self, topics: TopicNames, partitions: int) -> Iterator[OutRecord]:
         for partition, event in self.journal:
@@ -61,6 +64,17 @@ class Outbox:
         for partition, receipt in self.receipts:
             key = receipt.invoice_id.encode()
             yield OutRecord(topics.receipts, partition, key, to_json(receipt))
+        for forward in self.forwards:
+            command = forward.message
+            assert not isinstance(command, Leg), "only commands are sent on"
+            route = routed_by(command)
+            yield OutRecord(
+                topics.commands,
+                partition_of(route, partitions),
+                route.encode(),
+                command.model_dump_json(exclude_none=True).encode(),
+                timestamp_ms=forward.timestamp_ms,
+            )
 
 
 def dead_letter_record(topic: str, letter: DeadLetter) -> OutRecord:

@@ -25,6 +25,7 @@ class OutRecord(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: Headers | None = None
+    timestamp_ms: int | None = None  # None: the producer's clock
 
 
 async def send_records(
@@ -45,11 +46,16 @@ async def send_records(
         batch = producer.create_batch()
         for record in group:
             sizes[topic] += len(record.key or b"") + len(record.value or b"")
-            fields = {"key": record.key, "value": record.value, "headers": record.headers or []}
-            if batch.append(timestamp=None, **fields) is None:  # full: send it, start anew
+            fields = {
+                "key": record.key,
+                "value": record.value,
+                "headers": record.headers or [],
+                "timestamp": record.timestamp_ms,
+            }
+            if batch.append(**fields) is None:  # full: send it, start anew
                 pending.append(await producer.send_batch(batch, topic, partition=partition))
                 batch = producer.create_batch()
-                if batch.append(timestamp=None, **fields) is None:
+                if batch.append(**fields) is None:
                     raise ValueError(
                         f"a record for {topic} is larger than the producer's max_batch_size"
                     )

@@ -71,8 +71,14 @@ async def test_paused_worker_commits_nothing_after_another_claimed_its_partition
     async with client_for(ledger) as client:
         load = Load(ledger, client)
         await load.open_accounts(rng, accounts)
-        paused_writer, its_partitions = await owned_partitions(second)
-        assert its_partitions, "the second worker was given no partition"
+        # Ready means its first assignment was handled; while the first worker's rebalance
+        # completes, that assignment can be empty, so wait for the one that gives it partitions.
+        paused_writer, its_partitions = await polled(
+            lambda: owned_partitions(second),
+            lambda owned: bool(owned[1]),
+            workers,
+            "the second worker to be given partitions",
+        )
         claims = _valid_claims(await read_state_log(ledger), paused_writer)
         assert set(its_partitions) <= {e.partition for e in claims}, (paused_writer, claims)
 

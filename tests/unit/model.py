@@ -216,6 +216,7 @@ class Prediction:
     legs: tuple[ModelLeg, ...] = ()
     receipts: tuple[ModelReceipt, ...] = ()
     refused: bool = False
+    forwards: tuple[Any, ...] = ()  # commands sent on to the writer of an alias or account
 
 
 @dataclass
@@ -251,6 +252,8 @@ class ModelLedger:
     invoices: dict[tuple[int, str, str], _Claim] = field(default_factory=dict)  # (p, payer, id)
     reversals: dict[tuple[int, str], str] = field(default_factory=dict)  # (p, target): reversal
     aliases: dict[tuple[int, str], str] = field(default_factory=dict)  # (p, alias): its account
+    # (p, command id): a command refused on p because an alias of p it named was not known
+    unresolved: dict[tuple[int, str], _Seen] = field(default_factory=dict)
     sends: dict[tuple[int, str], _Send] = field(default_factory=dict)
 
     def apply(self, partition: int, message: Any, ts: int) -> Prediction:
@@ -269,6 +272,8 @@ class ModelLedger:
     # Commands
 
     def _apply_command(self, partition: int, command: Any, ts: int) -> Prediction:
+        if _aliases(command):
+            return self._resolve(partition, command, ts)
         payload = _command_payload(command)
         seen = self.commands.get((partition, command.command_id))
         if seen is not None:
@@ -287,6 +292,39 @@ class ModelLedger:
         names = (command.account, getattr(command, "destination", None))
         self.commands[(partition, command.command_id)] = _Seen(payload, prediction, names)
         return prediction
+
+    def _resolve(self, partition: int, command: Any, ts: int) -> Prediction:
+        """The README's "Aliases": the writer of an alias's partition puts the account in its
+        place (all the aliases of its partition at once), then the command goes on to the
+        next alias's writer, or to its account's, which decides it (at once when that is this
+        writer).
+        An alias not registered refuses the command, for good, on the alias's partition."""
+        here = [(name, alias) for name, alias in _aliases(command) if self._local(partition, alias)]
+        if not here:
+            return Prediction(forwards=(command,))
+        payload = _command_payload(command)
+        seen = self.unresolved.get((partition, command.command_id))
+        if seen is not None:
+            if seen.payload == payload:
+                return _repeat(seen.prediction, command.reply_partition)
+            named = getattr(command, "destination", None)
+            answer = self._answer(command, "exists_with_different_payload", destination=named)
+            return Prediction(answer=answer)
+        update = {}
+        for name, alias in here:
+            target = self.aliases.get((partition, alias))
+            if target is None:
+                named = getattr(command, "destination", None)
+                prediction = Prediction(
+                    answer=self._answer(command, "alias_not_found", destination=named)
+                )
+                self.unresolved[(partition, command.command_id)] = _Seen(payload, prediction)
+                return prediction
+            update[name] = target
+        resolved = command.model_copy(update=update)
+        if _aliases(resolved) or not self._local(partition, resolved.account):
+            return Prediction(forwards=(resolved,))
+        return self._apply_command(partition, resolved, ts)
 
     def _answer(
         self,
@@ -1061,6 +1099,15 @@ def _leg_entry(
         postings=postings,
         invoice_id=leg.invoice_id,
     )
+
+
+def _aliases(command: Any) -> list[tuple[str, str]]:
+    """(field, alias) of the aliases a command names where an account goes: its account and
+    destination, but for `open_account` and `register_alias` ("Aliases")."""
+    if command.type in ("open_account", "register_alias"):
+        return []
+    named = [(name, getattr(command, name, None)) for name in ("account", "destination")]
+    return [(name, value) for name, value in named if value and value.startswith(ALIAS)]
 
 
 def _command_payload(command: Any) -> tuple[Any, ...]:

@@ -37,6 +37,8 @@ from ledger_stream.messages import (
     Receipt,
     Result,
     Reverse,
+    replaced,
+    routed_by,
 )
 
 T0 = 10 * DAY_MS + 3_600_000  # 01:00 UTC on day 10
@@ -150,7 +152,8 @@ def usd(**fields: int) -> AccountState:
 
 
 def partition_of(account: str) -> int:
-    return 1 if account.startswith("z") else 0
+    """Accounts starting with z (and aliases whose name does) on partition 1."""
+    return 1 if account.removeprefix("alias:").startswith("z") else 0
 
 
 SEED: tuple[dict[str, AccountState], dict[str, AccountState]] = (
@@ -218,7 +221,7 @@ class Ledger:
             )
             for p in (0, 1)
         ]
-        self.in_flight: list[Leg] = []
+        self.in_flight: list[Leg | Command] = []  # legs, and commands sent on
         self.decisions: list[Decision] = []
 
     def store(self, account: str) -> PartitionStore:
@@ -244,6 +247,7 @@ class Ledger:
         assert_balanced(decision)
         self.decisions.append(decision)
         self.in_flight.extend(decision.legs)
+        self.in_flight.extend(forward.message for forward in decision.forwards)
         return decision
 
     def send(self, message: Command, ts: int = T0, deliver: bool = True) -> Sent:
@@ -253,11 +257,11 @@ class Ledger:
         return Sent(message, decisions)
 
     def step(self, ts: int = T0) -> list[Decision]:
-        """Carry the legs in flight to their partitions, once."""
+        """Carry the legs (and commands) in flight to their partitions, once."""
         legs, self.in_flight = self.in_flight, []
         decisions = []
         for p, store in enumerate(self.partitions):
-            mine = [leg for leg in legs if partition_of(leg.account) == p]
+            mine = [leg for leg in legs if partition_of(_key(leg)) == p]
             if mine:
                 decisions.append(self._run(store, mine, ts))
         return decisions
@@ -280,6 +284,10 @@ class Ledger:
             for p in getattr(event, part) or []:
                 balances[p.account] += p.credit - p.debit
         return dict(balances)
+
+
+def _key(message: Leg | Command) -> str:
+    return message.account if isinstance(message, Leg) else routed_by(message)
 
 
 # Steps of a scenario: a command, its record time, and what it must be answered.
@@ -2031,10 +2039,13 @@ def test_reversals_count_toward_no_limit() -> None:
     assert (ledger.account("lim").used_amount, ledger.account("lim").used_count) == used
 
 
-# Aliases. BOB: alias:bob@example.com registered for bob (on partition 0, as bob is).
+# Aliases. BOB: alias:bob@example.com registered for bob (on partition 0, as bob is); ZED:
+# alias:zed@example.com for zed (on partition 1).
 
 BOB_MAIL = "alias:bob@example.com"
 BOB = ok(alias("a1", BOB_MAIL, "bob"))
+ZED_MAIL = "alias:zed@example.com"  # on partition 1, as zed is
+ZED = ok(alias("a9", ZED_MAIL, "zed"))
 
 ALIAS_ROWS: list[Row] = [
     Row("register an alias", (), BOB.command),
@@ -2073,14 +2084,98 @@ ALIAS_ROWS: list[Row] = [
         open_("o1", BOB_MAIL),
         "account_reserved",
     ),
-    Row("deposit to an alias", (BOB,), dep("d1", BOB_MAIL, 5), "account_reserved"),
+    Row("deposit to an alias", (BOB,), dep("d1", BOB_MAIL, 5), amount=5),
+    Row("withdraw from an alias", (BOB, ok(dep("d1", "bob", 9))), wd("w1", BOB_MAIL, 9), amount=9),
+    Row("transfer to an alias", (BOB,), xfer("t1", "alice", BOB_MAIL, 5), amount=5),
     Row(
-        "transfer to an alias (the client resolves it first)",
+        "transfer to an alias on another partition (there and back before it is decided)",
+        (ZED,),
+        xfer("t1", "alice", ZED_MAIL, 5),
+        amount=5,
+    ),
+    Row("transfer from an alias to another partition", (ZED,), xfer("t1", ZED_MAIL, "bob", 5)),
+    Row("transfer between two aliases", (BOB, ZED), xfer("t1", ZED_MAIL, BOB_MAIL, 5), amount=5),
+    Row(
+        "transfer to the alias of the account itself",
         (BOB,),
-        xfer("t1", "alice", BOB_MAIL, 5),
-        "account_reserved",
+        xfer("t1", "bob", BOB_MAIL, 5),
+        "accounts_must_be_different",
+    ),
+    Row(
+        "transfer to an alias: the account's own checks apply",
+        (BOB, ok(xfer("t0", "alice", BOB_MAIL, 5))),
+        xfer("t1", "alice", BOB_MAIL, 5_000),
+        "insufficient_funds",
+    ),
+    Row(
+        "deposit to an alias never registered",
+        (),
+        dep("d1", BOB_MAIL, 5),
+        "alias_not_found",
+        reason=repr(BOB_MAIL),
+    ),
+    Row(
+        "transfer to an alias never registered, on another partition",
+        (),
+        xfer("t1", "alice", ZED_MAIL, 5),
+        "alias_not_found",
+        reason=repr(ZED_MAIL),
+    ),
+    Row(
+        "transfer between two aliases, the second never registered",
+        (BOB,),
+        xfer("t1", BOB_MAIL, ZED_MAIL, 5),
+        "alias_not_found",
+        reason=repr(ZED_MAIL),
+    ),
+    Row(
+        "an unknown alias is found before the rest of the command is checked",
+        (),
+        dep("d1", BOB_MAIL, 0),
+        "alias_not_found",
+        reason=repr(BOB_MAIL),
+    ),
+    Row(
+        "a hold placed and posted through aliases",
+        (BOB, ZED, ok(dep("d0", "bob", 5)), ok(hold("h1", BOB_MAIL, ZED_MAIL, 5))),
+        post("p1", BOB_MAIL, "h1"),
+        amount=5,
+    ),
+    Row(
+        "a refusal for an unknown alias is kept by the alias's writer, not the account's",
+        (no(dep("d1", BOB_MAIL, 5), "alias_not_found"), BOB),
+        dep("d1", "bob", 5),
+        amount=5,
     ),
 ]
+
+
+def test_a_command_refused_for_an_unknown_alias_stays_refused_once_it_is_registered() -> None:
+    ledger = Ledger()
+    play(ledger, [no(dep("d1", BOB_MAIL, 5), "alias_not_found"), BOB])
+    again = ledger.send(dep("d1", BOB_MAIL, 5))
+    assert (again.result.code, again.result.duplicate) == ("alias_not_found", True)
+    assert again.result.reason == "no account is registered under 'alias:bob@example.com'"
+    assert ledger.account("bob").credits_posted == 0
+
+
+def test_a_command_through_an_alias_is_applied_once_and_answered_again_as_itself() -> None:
+    ledger = Ledger()
+    play(ledger, [BOB, ZED])
+    first = ledger.send(xfer("t1", ZED_MAIL, BOB_MAIL, 5))
+    again = ledger.send(xfer("t1", ZED_MAIL, BOB_MAIL, 5))
+    assert (first.result.account, first.result.destination) == ("zed", "bob")
+    assert (first.result.duplicate, again.result.duplicate) == (False, True)
+    assert replaced(again.result, duplicate=False) == first.result
+    assert (ledger.account("zed").debits_posted, ledger.account("bob").credits_posted) == (5, 5)
+    # The same command named by its accounts is the same command; by other ones, another.
+    direct = ledger.send(xfer("t1", "zed", "bob", 5))
+    assert (direct.result.status, direct.result.duplicate) == ("accepted", True)
+    other = ledger.send(xfer("t1", ZED_MAIL, BOB_MAIL, 6))
+    assert other.result.code == "exists_with_different_payload"
+    # Only the accounts' writers keep outcomes of it; the aliases' writers keep none.
+    outcomes = {key for store in ledger.partitions for key in store.outcomes if "t1" in key}
+    assert outcomes == {"cmd:t1", "leg:credit:t1"}
 
 
 @pytest.mark.parametrize("row", params(ALIAS_ROWS))

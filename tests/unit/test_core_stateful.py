@@ -40,6 +40,7 @@ from ledger_stream.core import Decision, Rules
 from ledger_stream.messages import (
     COMMAND_ADAPTER,
     AccountState,
+    Command,
     JournalEvent,
     JournalHead,
     Leg,
@@ -47,6 +48,7 @@ from ledger_stream.messages import (
     Outcome,
     from_builtins,
     from_json,
+    routed_by,
     to_json,
 )
 from ledger_stream.money import format_amount
@@ -205,7 +207,8 @@ class LedgerMachine(RuleBasedStateMachine):
         super().__init__()
         self.model = ModelLedger(partition_of)
         self.stores = self.new_stores(Rules())
-        self.in_flight: dict[int, list[Leg]] = {0: [], 1: []}
+        # Legs, and commands sent on (`Decision.forwards`), on their way to a partition.
+        self.in_flight: dict[int, list[Leg | Command]] = {0: [], 1: []}
         self.delivered: list[Leg] = []
         self.sent: dict[int, list[dict[str, Any]]] = {0: [], 1: []}
         self.journal: dict[str, JournalEvent] = {}
@@ -300,7 +303,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def fresh_command(self, draw: Any, partition: int, command_id: str) -> dict[str, Any]:
         """A new command for an account of `partition` (sometimes a system account), often
         aimed at what earlier commands left: a hold, a payment, a command to reverse."""
-        own = ACCOUNTS[partition] * 4 + ALIASES[partition][:1]  # an alias: to be refused
+        own = ACCOUNTS[partition] * 4 + ALIASES[partition][:1]  # an alias: to be resolved
         if partition == 0:
             own += (SYSTEM[0],)
         kind = draw(st.sampled_from(KINDS))
@@ -332,7 +335,7 @@ class LedgerMachine(RuleBasedStateMachine):
             command["amount"] = draw(amounts)
         if kind in ("transfer", "hold", "pay_invoice"):
             command["destination"] = draw(
-                st.sampled_from(ALL_ACCOUNTS * 4 + SYSTEM + ALIASES[0][:1])
+                st.sampled_from(ALL_ACCOUNTS * 4 + SYSTEM + ALIASES[0][:1] + ALIASES[1])
             )
         if kind == "hold":
             command["timeout_s"] = draw(timeouts)
@@ -453,6 +456,10 @@ class LedgerMachine(RuleBasedStateMachine):
             self.in_flight[partition_of(leg.account)].append(leg)
             if leg.type == "credit":
                 self.credits[leg.transfer_id] = leg
+        for forward in decision.forwards:
+            assert forward.timestamp_ms == ts, "a command sent on keeps its record time"
+            self.in_flight[partition_of(routed_by(forward.message))].append(forward.message)
+            note_event(f"forward {forward.message.type}")
 
     def check_chain(self, partition: int, decision: Decision) -> None:
         """New events continue the partition's chain; re-sent ones keep their first stamps."""
@@ -487,6 +494,8 @@ class LedgerMachine(RuleBasedStateMachine):
         assert legs == [leg for p in predictions for leg in p.legs]
         receipts = [model_receipt_of(receipt) for receipt in decision.receipts]
         assert receipts == [receipt for p in predictions for receipt in p.receipts]
+        forwards = [forward.message for forward in decision.forwards]
+        assert forwards == [command for p in predictions for command in p.forwards]
 
     def check_state_reads_back(self, decision: Decision) -> None:
         """What the writer stores is read back as it was written (the state log is JSON)."""
@@ -515,13 +524,13 @@ class LedgerMachine(RuleBasedStateMachine):
         positions = sorted(data.draw(st.integers(0, len(messages))) for _ in legs)
         for shift, (position, leg) in enumerate(zip(positions, legs, strict=True)):
             messages.insert(position + shift, leg)
-        self.delivered.extend(legs)
+        self.delivered.extend(leg for leg in legs if isinstance(leg, Leg))
         self.run(partition, messages)
 
     @rule(partition=st.sampled_from((0, 1)))
     def decide_the_legs_in_flight(self, partition: int) -> None:
         legs, self.in_flight[partition] = self.in_flight[partition], []
-        self.delivered.extend(legs)
+        self.delivered.extend(leg for leg in legs if isinstance(leg, Leg))
         if legs:
             self.run(partition, legs)
 
