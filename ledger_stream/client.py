@@ -46,7 +46,9 @@ from ledger_stream.messages import (
     COMMAND_ADAPTER,
     Command,
     Result,
+    aliases_named,
     from_builtins,
+    with_accounts_of,
 )
 from ledger_stream.partitioning import partition_of
 from ledger_stream.reads import HttpReads
@@ -100,7 +102,11 @@ class LedgerClient:
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
         # command_id -> (payload digest, future) per submission, oldest first
-        self._waiting: dict[str, deque[tuple[str, asyncio.Future[Result]]]] = defaultdict(deque)
+        # Per command id, the submissions waiting: payload digest, future, and the command
+        # when it names aliases (its answer's digest is then that of the command resolved).
+        self._waiting: dict[str, deque[tuple[str, asyncio.Future[Result], Command | None]]] = (
+            defaultdict(deque)
+        )
         self._queued: dict[int, list[_Queued]] = defaultdict(list)
         self._queued_bytes: dict[int, int] = {}  # size of each queue's record, as sent
         self._on_the_way: dict[int, int] = defaultdict(int)  # records sent, not yet acked
@@ -204,7 +210,7 @@ class LedgerClient:
             await self._reads.close()
         self._reader, self._consumer, self._producer = None, None, None
         for waiting in self._waiting.values():
-            for _, future in waiting:
+            for _, future, _ in waiting:
                 future.cancel()
 
     # One method per command type. Each takes `command_id` (default: a new uuid4),
@@ -412,7 +418,8 @@ class LedgerClient:
     async def _published(self, command: Command, digest: str, value: bytes) -> Result:
         """Queue the command's record and wait `timeout_s` for its result."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._waiting[command.command_id].append((digest, future))
+        aliased = command if aliases_named(command) else None
+        self._waiting[command.command_id].append((digest, future, aliased))
         try:
             self._enqueue(command.account, value, (command, future))
             return await asyncio.wait_for(future, self.timeout_s)
@@ -562,7 +569,9 @@ class LedgerClient:
         # The oldest submission of the same payload; a result that names no payload (a
         # dead letter's rejection) answers the oldest submission of the id.
         for entry in waiting:
-            digest, future = entry
+            digest, future, aliased = entry
+            if aliased is not None and result.payload_digest != digest:
+                digest = fingerprint(with_accounts_of(aliased, result))
             if result.payload_digest in (None, digest) and not future.done():
                 future.set_result(result)
                 waiting.remove(entry)

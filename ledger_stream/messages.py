@@ -52,6 +52,17 @@ def aliases_named(command: CommandBase) -> list[tuple[str, str]]:
     return named
 
 
+def with_accounts_of(command: C, result: Result) -> C:
+    """`command`, naming where it named aliases the accounts its result names: the command
+    as the writer that answered it had it (so its payload digest is the result's)."""
+    update = {}
+    for name, _ in aliases_named(command):
+        account = getattr(result, name)
+        if account is not None and not account.startswith(ALIAS_PREFIX):
+            update[name] = account
+    return command.model_copy(update=update) if update else command
+
+
 def routed_by(command: CommandBase) -> str:
     """What a command is keyed by when a writer sends it on: the first alias it still names,
     whose writer puts the account in its place, else its account."""
@@ -105,6 +116,7 @@ class WriterMessage(
 
 
 T = TypeVar("T")
+C = TypeVar("C", bound="CommandBase")
 replaced = msgspec.structs.replace  # a copy of a record with some fields changed
 
 

@@ -20,6 +20,7 @@ import pytest
 from ledger_stream.journal import read_journal
 from ledger_stream.local import FAST_GROUP_ENV, WorkerProcess
 from ledger_stream.messages import JournalEvent
+from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
 from ledger_stream.topics import TopicNames
 
@@ -142,6 +143,14 @@ async def owned_partitions(worker: WorkerProcess) -> tuple[str, list[int]]:
     """The worker's writer id and the partitions it writes now, from its `/partitions/` view."""
     body = json.loads(await worker.view("/partitions/"))
     return body["writer"], [int(p) for p in body["partitions"]]
+
+
+def alias_on(partition: int, stem: str, partitions: int) -> str:
+    """The first alias `alias:<stem>-<i>@example.com` that lives on `partition`."""
+    i = 0
+    while partition_of(alias := f"alias:{stem}-{i}@example.com", partitions) != partition:
+        i += 1
+    return alias
 
 
 async def partitions_written(worker: WorkerProcess) -> list[int]:

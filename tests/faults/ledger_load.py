@@ -6,7 +6,9 @@ The load is a mix of every command that moves money — deposits, withdrawals, t
 holds posted (in part) or voided, invoice payments through the ledger and through a card
 gateway (confirmed or failed), and reversals of earlier commands — over accounts on every
 partition, so most of it crosses partitions and some runs out of funds; and aliases
-registered for those accounts, some twice (for one account or another). Outcomes depend on
+registered for those accounts, some twice (for one account or another), which later
+transfers name instead of the accounts, and deposits name as soon as they are registered
+(sometimes before the alias is: `alias_not_found`). Outcomes depend on
 the order the writers see commands, so what the books must hold is computed from the results
 the client receives: a sum of accepted movements does not depend on the order.
 """
@@ -21,7 +23,7 @@ import random
 import signal
 import subprocess
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -52,6 +54,7 @@ from ledger_stream.messages import (
     VoidHold,
     Withdraw,
     from_json,
+    with_accounts_of,
 )
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
@@ -141,6 +144,7 @@ LOAD_CODES = (
     Code.INVOICE_PAYMENT_PENDING,
     Code.ALREADY_REVERSED,
     Code.ALIAS_TAKEN,
+    Code.ALIAS_NOT_FOUND,
 )
 
 
@@ -149,14 +153,25 @@ def random_commands(
     accounts: Sequence[str],
     count: int,
     done: Sequence[Command] = (),
+    aliases: Mapping[str, str] | None = None,
 ) -> list[Command]:
     """About `count` commands of every kind that moves money, and alias registrations;
     amounts large enough that some debits find too little money. A hold comes with its post
     or void, a card payment with its confirmation or failure, after it (same account, same
     partition, in order); reversals pick from `done`, commands accepted before; an alias is
     sometimes registered twice at once, the second for the same account or another (one of
-    the two is refused, whichever its writer reads second)."""
+    the two is refused, whichever its writer reads second), and sometimes paid by the alias
+    at once. A transfer sometimes names its accounts by `aliases` (alias: account) of
+    theirs."""
     commands: list[Command] = []
+    by_account: dict[str, list[str]] = {}
+    for alias, account in (aliases or {}).items():
+        by_account.setdefault(account, []).append(alias)
+
+    def named(account: str) -> str:
+        known = by_account.get(account)
+        return rng.choice(known) if known and rng.random() < 0.3 else account
+
     reversible = [
         c
         for c in done
@@ -169,7 +184,9 @@ def random_commands(
         amount = rng.randint(1, 12_000)
         if roll < 0.40:
             commands.append(
-                new_command(rng, "transfer", source, destination=destination, amount=amount)
+                new_command(
+                    rng, "transfer", named(source), destination=named(destination), amount=amount
+                )
             )
         elif roll < 0.55:
             commands.append(new_command(rng, "withdraw", source, amount=amount))
@@ -206,6 +223,8 @@ def random_commands(
             commands.append(new_alias(rng, alias, source))
             if rng.random() < 0.4:
                 commands.append(new_alias(rng, alias, rng.choice([source, destination])))
+            if rng.random() < 0.5:
+                commands.append(new_command(rng, "deposit", alias, amount=rng.randint(1, 8_000)))
         elif roll < 0.94:
             invoice = f"inv-{rng.getrandbits(32):08x}"
             pay = new_command(
@@ -335,9 +354,11 @@ class Load:
         return list(results)
 
     def track(self, one: Command, result: Result) -> None:
-        """Count a command's first answer; the answer to a repeat decides nothing new."""
-        self.commands[one.command_id] = one
+        """Count a command's first answer, the command naming the accounts its aliases
+        stood for; the answer to a repeat decides nothing new."""
         if one.command_id not in self.results:
+            one = with_accounts_of(one, result)
+            self.commands[one.command_id] = one
             self.results[one.command_id] = result
             self.expected.apply(one, result)
 
@@ -385,7 +406,14 @@ class Load:
                 for c, r in self.results.items()
                 if r.status == "accepted" and _names(self.commands[c]) <= ours
             ]
-            chunk = random_commands(rng, accounts, chunk_size, accepted)
+            aliases = {
+                self.commands[c].account: r.destination
+                for c, r in self.results.items()
+                if isinstance(self.commands[c], RegisterAlias)
+                and r.status == "accepted"
+                and r.destination in ours
+            }
+            chunk = random_commands(rng, accounts, chunk_size, accepted, aliases)
             for result in await self.submit(chunk):
                 assert result.status == "accepted" or result.code in LOAD_CODES, result
             done += 1

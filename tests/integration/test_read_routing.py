@@ -15,11 +15,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from worker_harness import Workers, partitions_written, polled, v1_get, v1_read
+from worker_harness import Workers, alias_on, partitions_written, polled, v1_get, v1_read
 from yarl import URL
 
 from ledger_stream.local import WorkerProcess
-from ledger_stream.partitioning import name_on, partition_of
+from ledger_stream.partitioning import name_on
 from ledger_stream.settings import Settings
 
 CURRENCY = "USD"
@@ -29,14 +29,6 @@ PAID = 250  # to the alias
 # A journal time after every event of the test: the balance as of it comes from the read
 # models (the balance now comes from the writer's state).
 LATER_MS = "4102444800000"  # 2100-01-01
-
-
-def alias_on(partition: int, stem: str, partitions: int) -> str:
-    """The first alias `alias:<stem>-<i>@example.com` that lives on `partition`."""
-    i = 0
-    while partition_of(alias := f"alias:{stem}-{i}@example.com", partitions) != partition:
-        i += 1
-    return alias
 
 
 def reads(account: str, day: str) -> list[tuple[str, dict[str, str]]]:

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from worker_harness import Workers, http_account, journal, polled
+from worker_harness import Workers, alias_on, http_account, journal, polled
 
 from ledger_stream.audit import audit
 from ledger_stream.client import LedgerClient
@@ -357,6 +357,58 @@ async def test_the_books_balance_and_the_audit_is_clean(
     report = await audit(module_ledger)
     assert report.ok, report.text()
     assert report.currencies["USD"]["@transit"] == 0
+
+
+async def test_commands_produced_to_kafka_name_accounts_by_alias(
+    client: LedgerClient,
+    module_ledger: Settings,
+    worker: WorkerProcess,
+    on: Callable[[int, str], str],
+) -> None:
+    """Records produced by hand, keyed by their `account` as any producer keys them, naming
+    aliases where accounts go: each alias's writer puts the account in its place and the
+    account's writer decides the command, at the record time it was produced with."""
+    n = module_ledger.partitions
+    payer, payee = on(0, "payer"), on(1, "payee")
+    await opened(client, payer, payee, funds=1_000)
+    test = uuid.uuid4().hex[:8]
+    # Each alias on the other account's partition, so that every command travels.
+    payer_mail, payee_mail = alias_on(1, f"payer-{test}", n), alias_on(0, f"payee-{test}", n)
+    for alias, account in ((payer_mail, payer), (payee_mail, payee)):
+        assert (await client.register_alias(alias, account)).status == "accepted"
+    stamped = Stamped(module_ledger, client)
+    later = (int(time.time() * 1000) // DAY_MS + 3) * DAY_MS + 17
+    usd = {"currency": "USD"}
+    to_alias = {"type": "transfer", "account": payer, "destination": payee_mail, "amount": 40}
+    paid = await stamped.send(later, command_id=f"pay-{test}", **to_alias, **usd)
+    assert (paid["status"], paid["account"], paid["destination"]) == ("accepted", payer, payee)
+    between = {"type": "transfer", "account": payee_mail, "destination": payer_mail}
+    back = await stamped.send(later, command_id=f"back-{test}", **between, amount=15, **usd)
+    assert (back["status"], back["account"], back["destination"]) == ("accepted", payee, payer)
+    deposit = await stamped.send(later, type="deposit", account=payer_mail, amount=7, **usd)
+    assert (deposit["status"], deposit["account"]) == ("accepted", payer)
+    # The repeat, through the alias or by the account, is the same command.
+    for again in (to_alias, {**to_alias, "destination": payee}):
+        stamped.results.pop(f"pay-{test}")
+        repeat = await stamped.send(later, command_id=f"pay-{test}", **again, **usd)
+        assert (repeat["status"], repeat.get("duplicate")) == ("accepted", True), repeat
+    nobody = f"alias:nobody-{test}@example.com"
+    refused = await stamped.send(later, type="deposit", account=nobody, amount=7, **usd)
+    assert (refused["code"], refused["reason"]) == (
+        Code.ALIAS_NOT_FOUND,
+        f"no account is registered under {nobody!r}",
+    )
+    to_nobody = {**to_alias, "destination": nobody}
+    assert (await stamped.send(later, **to_nobody, **usd))["code"] == Code.ALIAS_NOT_FOUND
+
+    assert (await http_state(worker, payer))["credits_posted"] == 1_000 + 15 + 7
+    assert (await http_state(worker, payee))["credits_posted"] == 1_000 + 40
+    events = await journal(module_ledger)
+    ids = {f"pay-{test}", f"back-{test}", deposit["command_id"]}
+    # The command's own event (`:0`) has its record time; a credit leg's, the leg's.
+    decided = [e for e in events if e.command_id in ids and e.entry_id.endswith(":0")]
+    assert [e.timestamp_ms for e in decided] == [later] * 3, decided
+    assert {e.account for e in decided} == {payer, payee}
 
 
 # --- replaying ------------------------------------------------------------------------------

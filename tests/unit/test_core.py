@@ -1507,3 +1507,14 @@ def test_a_credit_legs_outcome_keeps_the_transfers_digest_and_its_absence() -> N
         whole = credit.outcomes[key]
         assert whole.result is not None and whole.result.payload_digest == digest
         assert kept(key, whole) == answer_only(whole)
+
+
+def test_a_refusal_for_an_unknown_alias_keeps_its_reason_past_its_window() -> None:
+    """Its reason names the alias, so it is kept; its key names the command id."""
+    alias = "alias:nobody@example.com"  # on this test's partition, as every name is
+    key = "unresolved:d1"
+    decision = decide({}, {}, [Incoming(deposit(alias, 5, command_id="d1"), 1_000)], is_local)
+    whole = decision.outcomes[key]
+    assert whole.result is not None and whole.result.code == "alias_not_found"
+    assert list(decision.outcomes) == [key] and decision.forwards == []
+    assert kept(key, whole) == answer_only(whole)

@@ -274,3 +274,25 @@ async def test_a_batch_is_split_before_its_record_passes_the_size_limit() -> Non
     assert len(sizes) >= 2
     assert max(sizes) <= RECORD_BYTES_MAX
     assert sum(record.value.count(b'"command_id"') for record in producer.sent) == 120
+
+
+async def test_a_command_naming_an_alias_is_answered_by_the_result_of_the_account() -> None:
+    """The writer decides it as the command on the account the alias names, so its answer's
+    digest is that of the command resolved; an answer for another payload answers nothing."""
+    producer, results = FakeProducer(), FakeResults()
+    by_alias = deposit("via-alias", account="alias:alice@example.com")
+    sent = by_alias.model_copy(update={"reply_partition": REPLY_PARTITION})
+    resolved = sent.model_copy(update={"account": ALICE})
+    other = resolved.model_copy(update={"amount": 101})
+
+    def answer(record: Record) -> None:
+        assert record.key == b"alias:alice@example.com"  # keyed by the alias, as sent
+        results.publish(accepted(other))
+        results.publish(accepted(resolved))
+
+    producer.on_sent = answer
+    async with attached(producer, results) as client:
+        result = await client.submit(by_alias)
+
+    assert result == accepted(resolved)
+    assert (result.account, result.payload_digest) == (ALICE, fingerprint(resolved))
