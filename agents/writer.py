@@ -8,14 +8,17 @@ Per batch, in this order, written down here and nowhere else:
    landed anywhere but where this writer expected means another writer owns the partition:
    stop, sending nothing (`state/log.py`);
 4. write the committed changes to the local store (in step 3, right after each ack);
-5. send journal events, results, legs and dead letters, and wait for every ack;
+5. send journal events, results, legs, dead letters and the commands sent on to another
+   writer (an alias resolved), and wait for every ack;
 6. only then acknowledge the input (commit the group's offsets);
 7. now and then, between batches, snapshot a partition's state into its state log (compacting
    outcomes past their window), and delete the log before the snapshot that came before.
 An error at any step stops the worker without acknowledging the batch: a restarted worker
 restores from the state log and reads the batch again, and a command that already has an
 outcome re-sends the same outputs (same keys, same bytes), so nothing is lost or counted
-twice.
+twice. A command sent on keeps no outcome here: read again, it resolves the same way (an
+alias names its account for good) and is sent on again, and its account's writer answers
+the second as a repeat.
 """
 
 from __future__ import annotations

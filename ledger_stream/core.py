@@ -29,9 +29,14 @@ back in `Decision.refused` for the dead-letter topic. Checked in this order:
 
 A settle or refund for a transfer that has its answer already is a repeat, answered as before.
 
+A command naming an alias where an account goes is resolved first, by the writer of the
+alias's partition (`_resolve`), and then decided as the command on the account, by that
+account's writer; on the way it is sent on through the commands topic (`Decision.forwards`).
+
 What the writer remembers besides accounts is kept as outcomes, by key: `cmd:<command id>`
 (a command's outcome; a hold's state is in the outcome of the command that placed it),
-`leg:credit:<transfer id>` (a credit leg's), and the claims that keep an invoice paid once
+`leg:credit:<transfer id>` (a credit leg's), `unresolved:<command id>` (a command refused
+for naming an alias not registered), and the claims that keep an invoice paid once
 (`inv:<payer>|<invoice id>`), a command reversed once (`rev:<command id>`) and an alias
 registered once (the alias itself, `alias:<name>`).
 """

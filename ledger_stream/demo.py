@@ -200,13 +200,13 @@ async def _run_transfers(
 async def _walk_through_rules(
     client: LedgerClient, partitions: int, tally: Tally, say: Callable[[str], None]
 ) -> bool:
-    """Limits, holds, invoice payments and reversals on three accounts of one partition,
-    each step's answer checked against what the README says it must be."""
+    """Limits, holds, invoice payments, reversals and aliases on three accounts of one
+    partition, each step's answer checked against what the README says it must be."""
     payer, shop, other = (name_on(0, f"rules-{role}", partitions) for role in "psx")
     # One partition: the transfers of the main run are counted by their journal events.
     for account in (payer, shop, other):
         tally.currency_of[account] = "USD"
-    say("walking through the rules (limits, holds, invoice payments, reversals)")
+    say("walking through the rules (limits, holds, invoice payments, reversals, aliases)")
     limits = {"daily_count_max": {"withdrawal": 2}, "transaction_amount_max": 50_000}
     await client.open_account(payer, "USD", limits=limits)
     await client.open_account(shop, "USD")
@@ -296,6 +296,28 @@ async def _walk_through_rules(
     )
     await step(
         "reverse it again", await client.reverse(shop, paid.command_id), Code.ALREADY_REVERSED, None
+    )
+    email = "alias:shop@example.com"
+    await step(
+        f"register {email} for the shop", await client.register_alias(email, shop), None, None
+    )
+    await step(
+        f"register {email} again, for another account",
+        await client.register_alias(email, other),
+        Code.ALIAS_TAKEN,
+        None,
+    )
+    await step(
+        f"pay 10.00 to {email}",
+        await client.transfer(payer, email, 1_000, "USD"),
+        None,
+        (payer, shop, 1_000),
+    )
+    await step(
+        "pay 10.00 to alias:nobody@example.com",
+        await client.transfer(payer, "alias:nobody@example.com", 1_000, "USD"),
+        Code.ALIAS_NOT_FOUND,
+        None,
     )
     ok = True
     for what, result, expected in steps:

@@ -122,7 +122,9 @@ replaced = msgspec.structs.replace  # a copy of a record with some fields change
 
 class CommandBase(Message):
     command_id: Identifier = Field(description="Client-made idempotency key")
-    account: Identifier = Field(description="The account that acts first; the message key")
+    account: Identifier = Field(
+        description="The account that acts first, or an alias of it (alias:<name>); the message key"
+    )
     reply_partition: int | None = Field(
         default=None, ge=0, strict=True, description="Results partition the answer is written to"
     )
