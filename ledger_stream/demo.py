@@ -219,6 +219,8 @@ async def _walk_through_rules(
         what: str, result: Result, expected: Code | None, move: tuple[str, str, int] | None
     ) -> Result:
         tally.record(result, move, funding=True)
+        if result.type == "transfer" and result.status == "accepted":
+            tally.transfers_accepted += 1  # its journal event is counted with the main run's
         steps.append((what, result, expected))
         return result
 
