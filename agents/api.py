@@ -1,7 +1,8 @@
 """The HTTP API under /v1: reads of the read models (answered by the worker that owns the
 account, or forwarded to it) and commands (published to Kafka by any worker, answered with
 the decision or 202 and a place to poll). Errors are `application/problem+json` (RFC 9457)
-carrying the ledger's code.
+carrying the ledger's code. When the worker has API keys (LEDGER_API_KEY_HASHES), every
+POST needs one, and with LEDGER_API_READS_REQUIRE_KEY every read of the ledger too.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
+import hmac
 import itertools
 import logging
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
@@ -51,6 +54,7 @@ from ledger_stream.readmodel import (
     time_prefix,
     utc_day,
 )
+from ledger_stream.settings import Settings
 from ledger_stream.state import closing
 from ledger_stream.state.readstore import ReadStore
 
@@ -61,6 +65,11 @@ PROBLEM = "application/problem+json"
 PAGE_DEFAULT = 50
 PAGE_MAX = 500
 RETRY_AFTER_S = "1"
+API_KEY_HEADER = "X-API-Key"
+# GET routes that stay open when reads need a key: the worker's health check and metrics
+# (no account in them), and the API's own description.
+OPEN_READS = frozenset({"/partitions/", "/metrics/", "/v1/openapi.json", "/v1/docs"})
+_CHALLENGE = 'Bearer realm="ledger-stream"'
 
 # A POST's route: the command type it sends, and the path parameter that fills a field.
 POSTS: dict[str, tuple[str, str | None]] = {
@@ -117,9 +126,18 @@ def http_status(code: Code) -> int:
 class Problem(Exception):
     """An answer as application/problem+json."""
 
-    def __init__(self, status: int, code: str, detail: str, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail, self.extra = status, code, detail, extra
+        self.headers = dict(headers or {})
 
     def response(self, request: web.Request) -> web.Response:
         body = {
@@ -132,6 +150,7 @@ class Problem(Exception):
             **self.extra,
         }
         headers = {"Retry-After": RETRY_AFTER_S} if self.status == 503 else {}
+        headers.update(self.headers)
         return web.Response(
             body=orjson.dumps(body), status=self.status, content_type=PROBLEM, headers=headers
         )
@@ -154,11 +173,87 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         return problem.response(request)
 
 
+class ApiKeys:
+    """The keys that may call the API, held as the SHA-256 digests LEDGER_API_KEY_HASHES
+    lists, never as keys. A request presents its key as `Authorization: Bearer <key>` or
+    `X-API-Key: <key>`. No digests: the API is open.
+
+    A fast hash is the right one here: a key is a random token of 256 bits (README,
+    Security), not a password to guess, and every request hashes the key it presents."""
+
+    def __init__(self, digests: Sequence[bytes] = (), *, reads_require_key: bool = False) -> None:
+        assert all(len(digest) == hashlib.sha256().digest_size for digest in digests)
+        assert digests or not reads_require_key, "reads need a key, and no key is configured"
+        self.digests = tuple(digests)
+        self.reads_require_key = reads_require_key
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ApiKeys:
+        return cls(settings.api_key_digests, reads_require_key=settings.api_reads_require_key)
+
+    def __bool__(self) -> bool:
+        return bool(self.digests)
+
+    def needed(self, request: web.Request) -> bool:
+        """Whether `request` must carry a key: every write; a read of the ledger when reads
+        need one; nothing when there are no keys, nor for a path with no route (404, 405)."""
+        if not self.digests or request.match_info.route.resource is None:
+            return False
+        if request.method not in ("GET", "HEAD"):
+            return True
+        return self.reads_require_key and request.match_info.route.resource.canonical not in (
+            OPEN_READS
+        )
+
+    def check(self, request: web.Request) -> None:
+        """Nothing when the request carries one of the keys; 401 otherwise."""
+        key = _presented_key(request)
+        if key is None:
+            raise Problem(
+                401,
+                "unauthorized",
+                "this route needs an API key: send it as 'Authorization: Bearer <key>' or "
+                f"'{API_KEY_HEADER}: <key>'",
+                headers={"WWW-Authenticate": _CHALLENGE},
+            )
+        # The bytes as sent (aiohttp decodes headers with surrogateescape).
+        presented = hashlib.sha256(key.encode(errors="surrogateescape")).digest()
+        # Every digest compared, each in constant time: how long it takes says nothing of
+        # which key matched, or of how much of one did.
+        matched = False
+        for digest in self.digests:
+            matched |= hmac.compare_digest(digest, presented)
+        if not matched:
+            raise Problem(
+                401,
+                "invalid_api_key",
+                "the API key sent is not one of this ledger's keys",
+                headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
+            )
+
+
+def _presented_key(request: web.Request) -> str | None:
+    """The key of `Authorization: Bearer <key>`, else of `X-API-Key`; None when neither
+    carries one."""
+    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get(API_KEY_HEADER, "").strip() or None
+
+
 class Api:
-    def __init__(self, writer: Writer, projector: Projector, client: LedgerClient) -> None:
+    def __init__(
+        self,
+        writer: Writer,
+        projector: Projector,
+        client: LedgerClient,
+        keys: ApiKeys | None = None,
+    ) -> None:
         self.writer = writer
         self.projector = projector
         self.client = client
+        # The keys of the settings unless given: a worker with keys never serves without them.
+        self.keys = ApiKeys.from_settings(writer.settings) if keys is None else keys
         self.owners: Owners | None = None  # once the HTTP port is known (`worker.py`)
         # The writer's event loop, when the API is served from a thread of its own: what
         # waits on the writer, the projector or the client runs there (`_on_main`).
@@ -185,7 +280,14 @@ class Api:
         return self.owners
 
     def routes(self, app: web.Application) -> None:
+        @web.middleware
+        async def authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if self.keys.needed(request):
+                self.keys.check(request)
+            return await handler(request)
+
         app.middlewares.append(problems)
+        app.middlewares.append(authenticated)  # inside `problems`, which answers its 401s
         app.router.add_get("/v1/accounts/{account}", self.account)
         app.router.add_get("/v1/accounts/{account}/history", self.history)
         app.router.add_get("/v1/accounts/{account}/summary", self.summary)

@@ -37,6 +37,7 @@ from prometheus_client import Counter
 import ledger_stream.kafka.group  # noqa: F401  (leave the group properly on the embedded broker)
 from ledger_stream.errors import BrokerUnavailable, ConfigurationError
 from ledger_stream.kafka.retry import retried, started
+from ledger_stream.kafka.security import connection_options
 from ledger_stream.logs import RepeatFolder
 from ledger_stream.messages import from_json, to_json
 from ledger_stream.notify import (
@@ -105,7 +106,10 @@ class Notifier:
         settings = self.settings
         producer = await started(
             lambda: AIOKafkaProducer(
-                bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=0
+                bootstrap_servers=settings.bootstrap_servers,
+                acks="all",
+                linger_ms=0,
+                **connection_options(settings),
             ),
             settings.bootstrap_servers,
             settings.connect_attempts_max,
@@ -158,6 +162,7 @@ class Notifier:
             rebalance_timeout_ms=int(settings.rebalance_timeout_s * 1000),
             heartbeat_interval_ms=int(settings.heartbeat_interval_s * 1000),
             fetch_max_wait_ms=settings.fetch_wait_ms,
+            **connection_options(settings),
         )
 
     def _start(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> None:

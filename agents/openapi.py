@@ -22,7 +22,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
-from agents.api import PAGE_DEFAULT, PAGE_MAX, POSTS, PROBLEM, http_status
+from agents.api import API_KEY_HEADER, PAGE_DEFAULT, PAGE_MAX, POSTS, PROBLEM, http_status
 from ledger_stream.anomaly import Flag
 from ledger_stream.codes import Code
 from ledger_stream.messages import (
@@ -53,6 +53,12 @@ SET_BY_ROUTE = ("type", "command_id", "reply_partition")
 # The API's own problem codes (beside the ledger's `Code`): status, and when it is answered.
 API_PROBLEMS: dict[str, tuple[int, str]] = {
     "idempotency_key_required": (400, "the POST has no Idempotency-Key header"),
+    "unauthorized": (
+        401,
+        "no API key was sent, and the route needs one (every POST when the worker has keys, "
+        "LEDGER_API_KEY_HASHES; reads too with LEDGER_API_READS_REQUIRE_KEY)",
+    ),
+    "invalid_api_key": (401, "the API key sent is not one of the worker's keys"),
     "invalid_query": (422, "a query parameter is missing, out of range or malformed"),
     "read_models_behind": (
         503,
@@ -79,12 +85,30 @@ TAGS = {
 
 _STATUS_TEXT = {
     400: "Bad request",
+    401: "No API key, or not one of the worker's keys",
     404: "Not found",
     409: "Conflict with the ledger's state",
     422: "Refused",
     503: "Not answerable now; try again after Retry-After",
 }
 _FORWARDING = ("owner_unknown", "owner_moved", "owner_unreachable")
+_AUTHENTICATION = ("unauthorized", "invalid_api_key")
+SECURITY_SCHEMES = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key as a bearer token: `Authorization: Bearer <key>`",
+    },
+    "apiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": API_KEY_HEADER,
+        "description": f"An API key in a header of its own: `{API_KEY_HEADER}: <key>`",
+    },
+}
+# Either scheme; a read takes none unless the worker says so (LEDGER_API_READS_REQUIRE_KEY).
+_WRITE_SECURITY: list[dict[str, list[str]]] = [{name: []} for name in SECURITY_SCHEMES]
+_READ_SECURITY: list[dict[str, list[str]]] = [{}, *_WRITE_SECURITY]
 
 _IDENTIFIER = {
     "type": "string",
@@ -287,7 +311,7 @@ def document(partitions: int | None = None) -> dict[str, Any]:
         "servers": _servers(),
         "tags": [{"name": name, "description": text} for name, text in TAGS.items()],
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": SECURITY_SCHEMES},
     }
 
 
@@ -311,6 +335,12 @@ def _info(partitions: int | None) -> dict[str, Any]:
         "answer is the decision (200 with the result when accepted, a problem with the "
         "ledger's code when rejected), or 202 with a Location to poll when the decision "
         "takes longer than LEDGER_HTTP_WAIT_S.\n\n"
+        "When the worker has API keys (LEDGER_API_KEY_HASHES), every POST needs one, sent as "
+        f"`Authorization: Bearer <key>` or `{API_KEY_HEADER}: <key>`; with "
+        "LEDGER_API_READS_REQUIRE_KEY every read does too, but this document and its page. "
+        "Without a key the answer is 401 `unauthorized`, with another key 401 "
+        "`invalid_api_key`, both with `WWW-Authenticate: Bearer`. Without keys the API is "
+        "open.\n\n"
         "Amounts are integers of minor units (a command's `amount` may also be a decimal "
         "string in the currency's units). Problems are application/problem+json (RFC 9457) "
         "with a `code`."
@@ -595,13 +625,15 @@ def _read_operation(read: _Read) -> dict[str, Any]:
     responses = {"200": _json_response(read.summary, read.answer)}
     if read.decision:
         responses["202"] = _pending_response()
-    responses.update(_by_status((*read.problems, *_FORWARDING), ledger_codes=read.decision))
+    named = (*_AUTHENTICATION, *read.problems, *_FORWARDING)
+    responses.update(_by_status(named, ledger_codes=read.decision))
     return {
         "tags": [_tag(read.path)],
         "operationId": read.operation_id,
         "summary": read.summary,
         "description": read.description,
         "parameters": parameters,
+        "security": _READ_SECURITY,
         "responses": responses,
     }
 
@@ -623,6 +655,7 @@ def _post_operation(path: str, kind: str, schemas: dict[str, Any]) -> dict[str, 
         **_by_status(
             (
                 "idempotency_key_required",
+                *_AUTHENTICATION,
                 Code.ALIAS_NOT_FOUND,
                 "read_models_behind",
                 "owner_unknown",
@@ -637,6 +670,7 @@ def _post_operation(path: str, kind: str, schemas: dict[str, Any]) -> dict[str, 
         "summary": _SUMMARIES.get(kind, kind.replace("_", " ").capitalize()),
         "description": description + f"Sends a `{kind}` command." + resolved,
         "parameters": parameters,
+        "security": _WRITE_SECURITY,
         "requestBody": {
             "required": bool(body["required"]),
             "content": {JSON: {"schema": _ref(_body_name(kind)), "example": _example(kind, body)}},
@@ -740,6 +774,13 @@ def _problem_response(status: int, codes: list[str]) -> dict[str, Any]:
     }
     if status == 503:
         response["headers"] = {"Retry-After": _retry_after()}
+    if status == 401:
+        response["headers"] = {
+            "WWW-Authenticate": {
+                "description": 'The scheme to authenticate with: `Bearer realm="ledger-stream"`',
+                "schema": {"type": "string"},
+            }
+        }
     return response
 
 
@@ -1020,6 +1061,8 @@ def _curl(base: str, path: str, operation: dict[str, Any]) -> str:
     """A curl command that sends the operation's example, with its parameters' examples."""
     url = path
     headers = ["Content-Type: application/json"]
+    if operation.get("security") == _WRITE_SECURITY:
+        headers.append("Authorization: Bearer <api key>")
     for parameter in operation.get("parameters", []):
         example = str(parameter.get("example", parameter.get("name", "")))
         if parameter.get("in") == "path":

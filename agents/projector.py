@@ -34,6 +34,7 @@ from ledger_stream.anomaly import AnomalyRules
 from ledger_stream.codes import Code
 from ledger_stream.kafka.reading import read_range, reader, true_ends
 from ledger_stream.kafka.retry import retried, started
+from ledger_stream.kafka.security import connection_options
 from ledger_stream.messages import JournalEvent, Result, from_json, to_json
 from ledger_stream.notify import Notification
 from ledger_stream.partitioning import partition_of
@@ -119,18 +120,21 @@ class Projector:
 
     async def run(self, stopping: asyncio.Event) -> None:
         servers = self.settings.bootstrap_servers
+        security = connection_options(self.settings)
 
         async def close(client: Any) -> None:
             await client.stop()
 
         self.producer = await started(
-            lambda: AIOKafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5),
+            lambda: AIOKafkaProducer(
+                bootstrap_servers=servers, acks="all", linger_ms=5, **security
+            ),
             servers,
             self.settings.connect_attempts_max,
             close,
         )
-        self.consumer = reader(servers, fetch_max_wait_ms=self.settings.fetch_wait_ms)
-        self.marks = reader(servers, fetch_max_wait_ms=self.settings.fetch_wait_ms)
+        self.consumer = reader(servers, fetch_max_wait_ms=self.settings.fetch_wait_ms, **security)
+        self.marks = reader(servers, fetch_max_wait_ms=self.settings.fetch_wait_ms, **security)
         await self.consumer.start()
         await self.marks.start()
         try:

@@ -37,6 +37,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from ledger_stream.errors import ConfigurationError, LedgerError
+from ledger_stream.kafka.security import connection_options
 from ledger_stream.settings import Settings
 from ledger_stream.topics import TopicNames
 
@@ -248,6 +249,7 @@ class Owners:
                 bootstrap_servers=self.settings.bootstrap_servers,
                 client_id="ledger-routing",
                 request_timeout_ms=int(self.request_timeout_s * 1000),
+                **connection_options(self.settings),
             )
             try:
                 await admin.start()

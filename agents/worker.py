@@ -24,6 +24,7 @@ from agents.views import create_web_app
 from agents.writer import EXIT_BROKER_GONE, EXIT_BUG, Writer, stop_worker
 from ledger_stream.client import LedgerClient
 from ledger_stream.errors import BrokerUnavailable, ConfigurationError
+from ledger_stream.kafka.security import connection_options
 from ledger_stream.logs import fold_repeats
 from ledger_stream.settings import Settings
 from ledger_stream.topics import ensure_topics
@@ -58,6 +59,7 @@ async def _serve(settings: Settings) -> None:
         timeout_s=HTTP_COMMAND_TIMEOUT_S,
         fetch_wait_ms=settings.fetch_wait_ms,
         connect_attempts_max=settings.connect_attempts_max,
+        security=connection_options(settings),
     )
     api = Api(writer, projector, client)
     api.main_loop = loop
@@ -78,6 +80,13 @@ async def _serve(settings: Settings) -> None:
             own_url = settings.web_advertised_url or f"http://{host}:{port}"
             api.owners = Owners(settings, own_url)
             writer.client_id = api.owners.client_id
+            if not settings.api_key_digests:
+                logger.warning(
+                    "the HTTP API's write routes (every POST under /v1) are unauthenticated: "
+                    "anyone who reaches %s can move money. Set LEDGER_API_KEY_HASHES to the "
+                    "hashes of the keys that may write (README, Security)",
+                    own_url,
+                )
             await client.start()
             logger.info("HTTP on %s (API under /v1, docs at /v1/docs)", own_url)
         background.append(_watched(projector.run(stopping), "the read models' projector"))

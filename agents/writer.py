@@ -62,6 +62,7 @@ from ledger_stream.intake import DeadLetter, Record, read_record
 from ledger_stream.kafka.reading import reader
 from ledger_stream.kafka.records import OutRecord, send_records
 from ledger_stream.kafka.retry import retried
+from ledger_stream.kafka.security import connection_options
 from ledger_stream.messages import (
     AccountState,
     Limits,
@@ -151,14 +152,16 @@ class Writer:
 
     async def run(self, stopping: asyncio.Event) -> None:
         settings = self.settings
+        security = connection_options(settings)
         self.producer = AIOKafkaProducer(
             bootstrap_servers=settings.bootstrap_servers,
             acks="all",
             linger_ms=0,
             max_batch_size=1024 * 1024,
             max_request_size=STATE_RECORD_BYTES_MAX + 1024 * 1024,
+            **security,
         )
-        self.reader = reader(settings.bootstrap_servers)
+        self.reader = reader(settings.bootstrap_servers, **security)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
             group_id=settings.app_id,
@@ -171,6 +174,7 @@ class Writer:
             heartbeat_interval_ms=int(settings.heartbeat_interval_s * 1000),
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_wait_ms=settings.fetch_wait_ms,
+            **security,
         )
         for client in (self.producer, self.reader, self.consumer):
             await client.start()

@@ -30,7 +30,7 @@ import logging
 import random
 import uuid
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -85,8 +85,13 @@ class LedgerClient:
         in_flight_max: int = 10_000,
         fetch_wait_ms: int = 500,
         http_url: str | None = None,
+        security: Mapping[str, Any] | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
+        # Keyword arguments of each Kafka client this one makes: a secured cluster's
+        # protocol, TLS context and SASL credentials (`ledger_stream.kafka.security`).
+        self.security = dict(security or {})
         self.commands_topic = f"{topic_prefix}commands"
         self.results_topic = f"{topic_prefix}results"
         self.timeout_s = timeout_s
@@ -118,7 +123,7 @@ class LedgerClient:
         # Called with every result read from the reply partition (see `watch_results`).
         self._watchers: list[Callable[[dict[str, Any]], None]] = []
         # Reads go to a worker's HTTP API (any worker).
-        self._reads = None if http_url is None else HttpReads(http_url)
+        self._reads = None if http_url is None else HttpReads(http_url, api_key=api_key)
 
     async def __aenter__(self) -> LedgerClient:
         await self.start()
@@ -140,6 +145,7 @@ class LedgerClient:
                 linger_ms=0,  # this client batches commands itself (see `_enqueue`)
                 max_batch_size=256 * 1024,
                 max_request_size=4 * 1024 * 1024,
+                **self.security,
             ),
             self.bootstrap_servers,
             self.connect_attempts_max,
@@ -156,6 +162,7 @@ class LedgerClient:
                 self.bootstrap_servers,
                 TopicPartition(self.results_topic, reply_partition),
                 self.fetch_wait_ms,
+                self.security,
             )
         except BaseException:
             await producer.stop()
@@ -601,7 +608,10 @@ def _partition_count(cluster: ClusterMetadata, topic: str) -> int:
 
 
 async def _results_consumer(
-    bootstrap_servers: str, reply: TopicPartition, fetch_wait_ms: int
+    bootstrap_servers: str,
+    reply: TopicPartition,
+    fetch_wait_ms: int,
+    security: Mapping[str, Any],
 ) -> AIOKafkaConsumer:
     """A consumer of the reply partition, at its end before the first command is sent."""
     consumer = AIOKafkaConsumer(
@@ -609,6 +619,7 @@ async def _results_consumer(
         enable_auto_commit=False,
         auto_offset_reset="latest",
         fetch_max_wait_ms=fetch_wait_ms,
+        **security,
     )
     try:
         await consumer.start()

@@ -19,11 +19,15 @@ PAGE_MAX = 500
 
 
 class HttpReads:
-    def __init__(self, base_url: str, timeout_s: float = READ_TIMEOUT_S) -> None:
+    def __init__(
+        self, base_url: str, timeout_s: float = READ_TIMEOUT_S, *, api_key: str | None = None
+    ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ConfigurationError(f"http_url must be http(s)://host:port, not {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        # Sent with every read: workers with LEDGER_API_READS_REQUIRE_KEY answer 401 without.
+        self.headers = {} if api_key is None else {"Authorization": f"Bearer {api_key}"}
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -34,7 +38,7 @@ class HttpReads:
     async def get(self, path: str, **params: str | int | None) -> dict[str, Any]:
         """The JSON answer to a GET; a problem answer raises `ReadFailed`."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
+            self._session = aiohttp.ClientSession(timeout=self.timeout, headers=self.headers)
         query = {name: str(value) for name, value in params.items() if value is not None}
         async with self._session.get(self.base_url + path, params=query) as response:
             body: dict[str, Any] = await response.json(content_type=None)

@@ -4,16 +4,23 @@ environment variables (or a `.env` file) with command-line flags on top.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ledger_stream.anomaly import AnomalyRules
+from ledger_stream.errors import ConfigurationError
 from ledger_stream.faults import POINTS
+from ledger_stream.kafka.security import SASL_PROTOCOLS, SSL_PROTOCOLS, ssl_context
 from ledger_stream.messages import AccountLimits
+
+# An API key as LEDGER_API_KEY_HASHES holds it: the SHA-256 of the key, never the key.
+API_KEY_HASH = re.compile(r"sha256:[0-9a-fA-F]{64}")
 
 
 class Settings(BaseSettings):
@@ -23,6 +30,38 @@ class Settings(BaseSettings):
 
     bootstrap_servers: str = Field(
         default="localhost:9092", description="Kafka bootstrap servers, host:port[,host:port]"
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How every Kafka client of the ledger connects: PLAINTEXT, SSL (TLS), "
+        "SASL_PLAINTEXT (SASL without TLS) or SASL_SSL (SASL over TLS)",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None,
+        description="SASL mechanism; required with SASL_PLAINTEXT and SASL_SSL, refused "
+        "without them",
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None, description="SASL user (PLAIN and SCRAM); required with SASL"
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password (PLAIN and SCRAM); required with SASL"
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM file of the CA certificates that sign the brokers' certificates "
+        "(SSL, SASL_SSL); unset: the system's CAs. The broker's name is always checked",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None,
+        description="PEM file of the client's certificate (and its chain), for brokers that "
+        "ask for one (mutual TLS); the key too unless kafka_ssl_keyfile is set",
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None, description="PEM file of the client certificate's private key"
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        default=None, description="Password of an encrypted kafka_ssl_keyfile"
     )
     topic_prefix: str = Field(
         default="ledger.", pattern=r"^[A-Za-z0-9._-]*$", description="Prefix of every topic name"
@@ -98,6 +137,18 @@ class Settings(BaseSettings):
         le=60,
         description="How long a POST waits for the decision before answering 202 with a "
         "location to poll",
+    )
+    api_key_hashes: str = Field(
+        default="",
+        description="Keys that may call the HTTP API, comma-separated, each stored as "
+        "sha256:<64 hex digits> (the SHA-256 of the key, never the key). Set: every POST "
+        "under /v1 needs one (Authorization: Bearer <key>, or X-API-Key: <key>); empty: the "
+        "API is open",
+    )
+    api_reads_require_key: bool = Field(
+        default=False,
+        description="Reads (every GET under /v1 but the OpenAPI document and its page, and "
+        "/accounts/<id>/) need a key too; needs api_key_hashes",
     )
     anomaly_rules: AnomalyRules = Field(
         default_factory=AnomalyRules,
@@ -221,6 +272,99 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+    @classmethod
+    def _readable_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return value
+        name = f"LEDGER_{str(info.field_name).upper()}"
+        if not value.is_file():
+            raise ValueError(f"{name}: there is no file at {str(value)!r}")
+        if not os.access(value, os.R_OK):
+            raise ValueError(f"{name}: {str(value)!r} cannot be read by this user")
+        return value
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _api_key_hash_list(cls, value: str) -> str:
+        entries = [entry.strip() for entry in value.split(",")] if value.strip() else []
+        for number, entry in enumerate(entries, 1):
+            if not API_KEY_HASH.fullmatch(entry):
+                # The entry is not shown: it may be a key pasted where its hash goes.
+                raise ValueError(
+                    "LEDGER_API_KEY_HASHES takes comma-separated sha256:<64 hex digits>, the "
+                    f"SHA-256 of each key (never the key itself); entry {number} is not one"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _kafka_sasl(self) -> Settings:
+        protocol = f"LEDGER_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+        given = {
+            "LEDGER_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
+            "LEDGER_KAFKA_SASL_USERNAME": self.kafka_sasl_username or None,
+            "LEDGER_KAFKA_SASL_PASSWORD": _secret(self.kafka_sasl_password),
+        }
+        if self.kafka_security_protocol not in SASL_PROTOCOLS:
+            unused = [name for name, value in given.items() if value is not None]
+            if unused:
+                raise ValueError(
+                    f"{', '.join(unused)} set, but {protocol} does not authenticate with "
+                    "SASL: use SASL_SSL (or SASL_PLAINTEXT), or unset them"
+                )
+            return self
+        missing = [name for name, value in given.items() if value is None]
+        if missing:
+            raise ValueError(
+                f"{protocol} needs {', '.join(missing)} (mechanism PLAIN, SCRAM-SHA-256 or "
+                "SCRAM-SHA-512, and the principal's user name and password)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _kafka_ssl(self) -> Settings:
+        protocol = f"LEDGER_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+        given = {
+            "LEDGER_KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
+            "LEDGER_KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
+            "LEDGER_KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile,
+            "LEDGER_KAFKA_SSL_KEY_PASSWORD": _secret(self.kafka_ssl_key_password),
+        }
+        if self.kafka_security_protocol not in SSL_PROTOCOLS:
+            unused = [name for name, value in given.items() if value is not None]
+            if unused:
+                raise ValueError(
+                    f"{', '.join(unused)} set, but {protocol} does not use TLS: use SSL or "
+                    "SASL_SSL, or unset them"
+                )
+            return self
+        if self.kafka_ssl_certfile is None:
+            for name in ("LEDGER_KAFKA_SSL_KEYFILE", "LEDGER_KAFKA_SSL_KEY_PASSWORD"):
+                if given[name] is not None:
+                    raise ValueError(
+                        f"{name} is set without LEDGER_KAFKA_SSL_CERTFILE, the client "
+                        "certificate it belongs to"
+                    )
+        try:  # load the files now, so that a bad one stops the start, named
+            ssl_context(
+                self.kafka_ssl_cafile,
+                self.kafka_ssl_certfile,
+                self.kafka_ssl_keyfile,
+                _secret(self.kafka_ssl_key_password),
+            )
+        except ConfigurationError as error:
+            raise ValueError(str(error)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _api_keys_for_reads(self) -> Settings:
+        if self.api_reads_require_key and not self.api_key_digests:
+            raise ValueError(
+                "LEDGER_API_READS_REQUIRE_KEY is set but LEDGER_API_KEY_HASHES names no key: "
+                "set the hashes of the keys that may read (and write)"
+            )
+        return self
+
     @model_validator(mode="after")
     def _webhook_secret_with_urls(self) -> Settings:
         if self.webhooks and (
@@ -241,6 +385,17 @@ class Settings(BaseSettings):
     def webhooks(self) -> list[str]:
         """The webhook URLs the notifier delivers to (none: no notifier)."""
         return [url.strip() for url in self.webhook_urls.split(",") if url.strip()]
+
+    @property
+    def api_key_digests(self) -> list[bytes]:
+        """The SHA-256 digests of the keys that may call the HTTP API (none: it is open)."""
+        entries = [entry.strip() for entry in self.api_key_hashes.split(",") if entry.strip()]
+        return [bytes.fromhex(entry.removeprefix("sha256:")) for entry in entries]
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    """A secret's value; None when unset or empty."""
+    return None if value is None else value.get_secret_value() or None
 
 
 def _is_webhook_url(url: str) -> bool:

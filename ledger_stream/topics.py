@@ -9,6 +9,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ledger_stream.errors import ConfigurationError
 from ledger_stream.kafka.retry import started
+from ledger_stream.kafka.security import connection_options
 from ledger_stream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,9 @@ async def connected_admin(settings: Settings) -> AIOKafkaAdminClient:
         await admin.close()
 
     return await started(
-        lambda: AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers),
+        lambda: AIOKafkaAdminClient(
+            bootstrap_servers=settings.bootstrap_servers, **connection_options(settings)
+        ),
         settings.bootstrap_servers,
         settings.connect_attempts_max,
         close,

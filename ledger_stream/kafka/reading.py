@@ -36,7 +36,8 @@ def _turn(consumer: AIOKafkaConsumer) -> asyncio.Lock:
 
 
 def reader(bootstrap_servers: str, **options: Any) -> AIOKafkaConsumer:
-    """A consumer without a group, for reading partitions it is assigned."""
+    """A consumer without a group, for reading partitions it is assigned; `options` go to
+    AIOKafkaConsumer (a secured cluster's `connection_options` among them)."""
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         group_id=None,
@@ -110,11 +111,15 @@ async def read_range(
 
 
 async def read_topic(
-    bootstrap_servers: str, topic: str, partitions: Sequence[int] | None = None
+    bootstrap_servers: str,
+    topic: str,
+    partitions: Sequence[int] | None = None,
+    security: Mapping[str, Any] | None = None,
 ) -> AsyncGenerator[list[Record], None]:
     """Every record of `topic` (or of the given partitions) from the log start to the true
-    end as it is when the read starts, a list at a time."""
-    consumer = reader(bootstrap_servers)
+    end as it is when the read starts, a list at a time. `security`: the connection options
+    of a secured cluster (`ledger_stream.kafka.security.connection_options`)."""
+    consumer = reader(bootstrap_servers, **(security or {}))
     await consumer.start()
     try:
         await consumer.topics()

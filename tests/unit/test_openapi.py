@@ -9,6 +9,7 @@ import ast
 import asyncio
 import copy
 import datetime
+import hashlib
 import inspect
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -25,7 +26,7 @@ from openapi_spec_validator import validate
 
 from agents import api as api_module
 from agents import openapi
-from agents.api import POSTS, PROBLEM, Api
+from agents.api import POSTS, PROBLEM, Api, ApiKeys
 from ledger_stream.anomaly import Flag
 from ledger_stream.codes import Code
 from ledger_stream.errors import BrokerUnavailable
@@ -47,6 +48,7 @@ from ledger_stream.state.readstore import ReadStore
 from ledger_stream.state.store import StoredOutcome
 
 ALIAS = "alias:alice@example.com"
+API_KEY = "a-key-of-this-test-only"
 OPENED_MS = int(datetime.datetime(2026, 1, 31, 9, tzinfo=datetime.UTC).timestamp() * 1000)
 DEPOSITED_MS = OPENED_MS + 3_600_000
 
@@ -355,6 +357,21 @@ def fill(store: ReadStore) -> None:
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    async for test_client in served(tmp_path, ApiKeys()):
+        yield test_client
+
+
+@pytest.fixture
+async def keyed_client(tmp_path: Path) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """The API of a worker with one key, reads restricted too."""
+    keys = ApiKeys([hashlib.sha256(API_KEY.encode()).digest()], reads_require_key=True)
+    async for test_client in served(tmp_path, keys):
+        yield test_client
+
+
+async def served(
+    tmp_path: Path, keys: ApiKeys
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     store = ReadStore(tmp_path / "read", "test")
     fill(store)
     settings = SimpleNamespace(partitions=1, read_wait_s=0.1, http_wait_s=0.05)
@@ -376,7 +393,7 @@ async def client(tmp_path: Path) -> AsyncIterator[TestClient[web.Request, web.Ap
         "down-0001": BrokerUnavailable("the broker is down"),
         "withdraw-0009": rejected("withdraw-0009", Code.INSUFFICIENT_FUNDS),
     }
-    api = Api(writer, FakeProjector(store), FakeClient(decisions))  # type: ignore[arg-type]
+    api = Api(writer, FakeProjector(store), FakeClient(decisions), keys)  # type: ignore[arg-type]
     app = web.Application()
     api.routes(app)
     if openapi.OPENAPI_PATH not in {
@@ -405,6 +422,7 @@ class Case:
     code: str | None = None  # a problem's
     json: Any = None
     key: str | None = None  # Idempotency-Key
+    auth: tuple[str, str] | None = None  # a header carrying an API key
 
     def __str__(self) -> str:
         return f"{self.method} {self.url} {self.status}"
@@ -488,8 +506,54 @@ REJECTIONS = [
 ]
 
 
+BEARER = ("Authorization", f"Bearer {API_KEY}")
+# A worker with a key that reads need too: what a request with it, with another, and
+# without any is answered.
+KEYED = [
+    Case("post", "/v1/deposits", "/v1/deposits", 401, "unauthorized", DEPOSIT, "deposit-0005"),
+    Case(
+        "post",
+        "/v1/deposits",
+        "/v1/deposits",
+        401,
+        "invalid_api_key",
+        DEPOSIT,
+        "deposit-0005",
+        ("Authorization", "Bearer another-key"),
+    ),
+    Case(
+        "post",
+        "/v1/deposits",
+        "/v1/deposits",
+        401,
+        "unauthorized",
+        DEPOSIT,
+        "deposit-0005",
+        ("Authorization", f"Basic {API_KEY}"),
+    ),
+    Case("post", "/v1/deposits", "/v1/deposits", 200, None, DEPOSIT, "deposit-0005", BEARER),
+    Case(
+        "post",
+        "/v1/deposits",
+        "/v1/deposits",
+        200,
+        None,
+        DEPOSIT,
+        "deposit-0006",
+        ("X-API-Key", API_KEY),
+    ),
+    Case("get", "/v1/accounts/alice", ACCOUNT, 401, "unauthorized"),
+    Case("get", "/v1/accounts/alice", ACCOUNT, 401, "invalid_api_key", auth=("X-API-Key", "x")),
+    Case("get", "/v1/accounts/alice", ACCOUNT, 200, auth=BEARER),
+    Case("get", "/v1/aliases/alias:nobody", ALIASES, 401, "unauthorized"),
+    Case("get", "/v1/commands/deposit-0001?account=alice", COMMANDS, 200, auth=BEARER),
+]
+
+
 async def check_answer(client: TestClient[web.Request, web.Application], case: Case) -> None:
     headers = {} if case.key is None else {"Idempotency-Key": case.key}
+    if case.auth is not None:
+        headers[case.auth[0]] = case.auth[1]
     async with client.request(case.method, case.url, json=case.json, headers=headers) as response:
         answer = await response.json(content_type=None)
         assert response.status == case.status, answer
@@ -510,6 +574,35 @@ async def test_handlers_answer_as_the_document_says(
     client: TestClient[web.Request, web.Application], case: Case
 ) -> None:
     await check_answer(client, case)
+
+
+@pytest.mark.parametrize("case", KEYED, ids=lambda case: f"{case} {case.auth and case.auth[0]}")
+async def test_a_worker_with_keys_answers_as_the_document_says(
+    keyed_client: TestClient[web.Request, web.Application], case: Case
+) -> None:
+    await check_answer(keyed_client, case)
+
+
+async def test_a_worker_with_keys_serves_its_document_and_page_without_one(
+    keyed_client: TestClient[web.Request, web.Application],
+) -> None:
+    for path in (openapi.OPENAPI_PATH, openapi.DOCS_PATH):
+        async with keyed_client.get(path) as response:
+            assert response.status == 200, path
+
+
+def test_every_post_names_its_security_and_its_401s(spec: dict[str, Any]) -> None:
+    assert set(spec["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    for method, path, operation in openapi.operations(spec):
+        if path in (openapi.OPENAPI_PATH, openapi.DOCS_PATH):
+            assert "security" not in operation and "401" not in operation["responses"]
+            continue
+        optional = {} in operation["security"]
+        assert optional is (method == "get"), (method, path)
+        assert {"bearer": []} in operation["security"] and {"apiKey": []} in operation["security"]
+        described = operation["responses"]["401"]["description"]
+        assert "`unauthorized`" in described and "`invalid_api_key`" in described, path
+        assert "WWW-Authenticate" in operation["responses"]["401"]["headers"], path
 
 
 @pytest.mark.parametrize("case", REJECTIONS, ids=str)
