@@ -16,6 +16,7 @@ import itertools
 import logging
 import re
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
@@ -24,7 +25,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from agents.projector import Projector
-from agents.routing import ForwardFailed, Owners, is_forwarded
+from agents.routing import CREDENTIAL_HEADERS, ForwardFailed, Owners, is_forwarded
 from agents.writer import Writer, stored_outcome
 from ledger_stream.client import LedgerClient
 from ledger_stream.codes import Code
@@ -173,6 +174,11 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
         return problem.response(request)
 
 
+# The credentials of the request being answered (each is answered in a task of its own),
+# for what a worker asks another on its behalf: the account an alias names.
+_CALLER: ContextVar[dict[str, str]] = ContextVar("caller", default={})  # noqa: B039 (read only)
+
+
 class ApiKeys:
     """The keys that may call the API, held as the SHA-256 digests LEDGER_API_KEY_HASHES
     lists, never as keys. A request presents its key as `Authorization: Bearer <key>` or
@@ -284,6 +290,7 @@ class Api:
         async def authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
             if self.keys.needed(request):
                 self.keys.check(request)
+            _CALLER.set({n: request.headers[n] for n in CREDENTIAL_HEADERS if n in request.headers})
             return await handler(request)
 
         app.middlewares.append(problems)
@@ -358,7 +365,7 @@ class Api:
         if url is None:
             raise Problem(503, "owner_unknown", f"no worker owns partition {partition} now")
         try:
-            answer = await self._owners().get_json(f"{url}/v1/aliases/{alias}")
+            answer = await self._owners().get_json(f"{url}/v1/aliases/{alias}", _CALLER.get())
         except ForwardFailed as error:
             raise Problem(503, "owner_unreachable", str(error)) from None
         if answer is None:

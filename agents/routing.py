@@ -19,7 +19,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -47,7 +47,10 @@ logger = logging.getLogger(__name__)
 # group) hold partitions no one can be forwarded to.
 CLIENT_ID_PREFIX = "ledger-writer "
 FORWARDED_BY = "Ledger-Forwarded-By"
-FORWARDED_HEADERS = ("Idempotency-Key", "Content-Type", "Accept")
+# The caller's credentials go with a request forwarded (or asked) on its behalf: the owner
+# checks them as the worker that took the request did.
+CREDENTIAL_HEADERS = ("Authorization", "X-API-Key")
+FORWARDED_HEADERS = ("Idempotency-Key", "Content-Type", "Accept", *CREDENTIAL_HEADERS)
 RETURNED_HEADERS = ("Content-Type", "Retry-After", "Location")
 
 REFRESH_S = 1.0  # the group is asked at most this often
@@ -161,10 +164,17 @@ class Owners:
             status=answer.status, reason=answer.reason, body=answer.body, headers=returned
         )
 
-    async def get_json(self, url: str, timeout_s: float = GET_TIMEOUT_S) -> dict[str, Any] | None:
-        """GET `url` of another worker (marked forwarded, so it does not pass it on): its JSON
-        object, None on 404. Raises ForwardFailed on any other answer, or none in time."""
-        answer = await self._ask("GET", URL(url), {"Accept": "application/json"}, b"", timeout_s)
+    async def get_json(
+        self,
+        url: str,
+        credentials: Mapping[str, str] | None = None,
+        timeout_s: float = GET_TIMEOUT_S,
+    ) -> dict[str, Any] | None:
+        """GET `url` of another worker (marked forwarded, so it does not pass it on), with the
+        caller's `credentials` (`CREDENTIAL_HEADERS`): its JSON object, None on 404. Raises
+        ForwardFailed on any other answer, or none in time."""
+        headers = {"Accept": "application/json", **(credentials or {})}
+        answer = await self._ask("GET", URL(url), headers, b"", timeout_s)
         if answer.status == 404:
             return None
         if answer.status != 200:

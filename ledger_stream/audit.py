@@ -27,6 +27,7 @@ from ledger_stream.errors import BrokerUnavailable, ConfigurationError
 from ledger_stream.journal import Books, fold
 from ledger_stream.kafka.reading import read_topic, reader
 from ledger_stream.kafka.retry import started
+from ledger_stream.kafka.security import connection_options
 from ledger_stream.messages import (
     ALIAS_PREFIX,
     COMMAND_BATCH_MAX,
@@ -154,7 +155,7 @@ async def read_ledger(settings: Settings) -> LedgerRecords:
     read: dict[str, list[LogRecord]] = {}
     try:
         for name, topic in topics.items():
-            read[name] = await _read(settings.bootstrap_servers, topic, partitions)
+            read[name] = await _read(settings, topic, partitions)
     except KafkaError as error:
         raise BrokerUnavailable(
             f"lost Kafka at {settings.bootstrap_servers} while reading ({error}); "
@@ -170,7 +171,7 @@ async def _partitions(settings: Settings, topics: list[str]) -> list[int]:
         await consumer.stop()
 
     consumer = await started(
-        lambda: reader(settings.bootstrap_servers),
+        lambda: reader(settings.bootstrap_servers, **connection_options(settings)),
         settings.bootstrap_servers,
         settings.connect_attempts_max,
         stop,
@@ -194,9 +195,10 @@ async def _partitions(settings: Settings, topics: list[str]) -> list[int]:
     return list(range(settings.partitions))
 
 
-async def _read(bootstrap_servers: str, topic: str, partitions: list[int]) -> list[LogRecord]:
+async def _read(settings: Settings, topic: str, partitions: list[int]) -> list[LogRecord]:
     records: list[LogRecord] = []
-    reading = read_topic(bootstrap_servers, topic, partitions)
+    security = connection_options(settings)
+    reading = read_topic(settings.bootstrap_servers, topic, partitions, security=security)
     async with aclosing(reading) as batches:
         async for batch in batches:
             records.extend(LogRecord(r.partition, r.offset, r.key, r.value) for r in batch)

@@ -45,6 +45,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from ledger_stream.client import LedgerClient
+from ledger_stream.kafka.security import connection_options
 from ledger_stream.local import LocalLedger, start_local_ledger
 from ledger_stream.measure import cpu_seconds, peak_rss_mib, percentiles, process_tree, rss_mib
 from ledger_stream.workload import HOT_ACCOUNTS, Transfer, Workload, opening
@@ -171,6 +172,7 @@ async def _drive_ledger(
     async with LedgerClient(
         settings.bootstrap_servers,
         topic_prefix=settings.topic_prefix,
+        security=connection_options(settings),
         timeout_s=DRAIN_IDLE_S,
         batch_size_max=RECORD_COMMANDS_MAX if batching else 1,
         fetch_wait_ms=settings.fetch_wait_ms,

@@ -28,6 +28,7 @@ from ledger_stream.client import LedgerClient
 from ledger_stream.codes import Code
 from ledger_stream.core import TRANSIT, WORLD
 from ledger_stream.journal import Books, fold, read_journal
+from ledger_stream.kafka.security import connection_options
 from ledger_stream.local import start_local_ledger
 from ledger_stream.messages import Result
 from ledger_stream.money import format_amount
@@ -104,6 +105,7 @@ async def _drive(
     async with LedgerClient(
         settings.bootstrap_servers,
         topic_prefix=settings.topic_prefix,
+        security=connection_options(settings),
         timeout_s=120,
         in_flight_max=IN_FLIGHT_MAX,
         fetch_wait_ms=settings.fetch_wait_ms,
@@ -352,7 +354,8 @@ async def _settled_books(settings: Settings, tally: Tally) -> Books:
     topic = TopicNames.from_settings(settings).journal
     books = Books()
     for _ in range(SETTLE_ATTEMPTS_MAX):
-        books = fold(await read_journal(settings.bootstrap_servers, topic))
+        security = connection_options(settings)
+        books = fold(await read_journal(settings.bootstrap_servers, topic, security=security))
         if not tally.mismatched(books):
             break
         await asyncio.sleep(0.5)

@@ -8,16 +8,20 @@ balances.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Any
 
 from ledger_stream.kafka.reading import read_topic
 from ledger_stream.messages import JournalEvent, from_json
 
 
-async def read_journal(bootstrap_servers: str, topic: str) -> list[JournalEvent]:
-    """Every journal event from the log start to the true end of each partition, once each.
+async def read_journal(
+    bootstrap_servers: str, topic: str, security: Mapping[str, Any] | None = None
+) -> list[JournalEvent]:
+    """Every journal event from the log start to the true end of each partition, once each
+    (`security`: a secured cluster's `connection_options`).
 
     Entry ids are unique within a journal partition (a re-sent event goes to the partition
     it went to first), so events are deduplicated by (partition, entry id); the last copy
@@ -26,7 +30,7 @@ async def read_journal(bootstrap_servers: str, topic: str) -> list[JournalEvent]
     events: dict[tuple[int, str], JournalEvent] = {}
     # read_topic is an async generator (typed as an iterator): close it, and its consumer,
     # even when a record cannot be read.
-    reading = read_topic(bootstrap_servers, topic)
+    reading = read_topic(bootstrap_servers, topic, security=security)
     async with aclosing(reading) as batches:
         async for records in batches:
             for record in records:

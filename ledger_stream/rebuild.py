@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ledger_stream.errors import LedgerError
 from ledger_stream.kafka.reading import read_range, reader, true_ends
+from ledger_stream.kafka.security import connection_options
 from ledger_stream.messages import JournalEvent, from_json
 from ledger_stream.readmodel import ReadFold
 from ledger_stream.settings import Settings
@@ -49,7 +50,7 @@ async def rebuild(settings: Settings, into: Path | None, replace: bool) -> list[
     parent = into or settings.data_dir
     parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="rebuild-", dir=parent))
-    consumer = reader(settings.bootstrap_servers)
+    consumer = reader(settings.bootstrap_servers, **connection_options(settings))
     await consumer.start()
     rebuilt = []
     try:

@@ -31,6 +31,7 @@ from typing import Any
 from ledger_stream.audit import audit
 from ledger_stream.client import LedgerClient
 from ledger_stream.errors import ResultTimeout, SendFailed
+from ledger_stream.kafka.security import connection_options
 from ledger_stream.local import LocalLedger, WorkerProcess, start_local_ledger
 from ledger_stream.messages import COMMAND_ADAPTER, Result
 
@@ -86,6 +87,7 @@ async def _soak(
     async with LedgerClient(
         settings.bootstrap_servers,
         topic_prefix=settings.topic_prefix,
+        security=connection_options(settings),
         timeout_s=RESULT_TIMEOUT_S,
         in_flight_max=IN_FLIGHT_MAX,
         fetch_wait_ms=settings.fetch_wait_ms,

@@ -260,6 +260,7 @@ class Owner:
         )
 
     async def alias(self, request: web.Request) -> web.Response:
+        self.seen.append((request, b"", is_forwarded(request)))
         if request.match_info["alias"] == "@known":
             return web.json_response({"account": "acct-1"})
         return web.json_response({"error": "alias_not_found"}, status=404)
@@ -308,6 +309,8 @@ async def test_a_forwarded_request_arrives_whole_and_its_answer_comes_back_uncha
                 "Idempotency-Key": "key-1",
                 "Content-Type": "application/json",
                 "Accept": "application/json",
+                "Authorization": "Bearer the-callers-key",
+                "Cookie": "not=forwarded",
             },
         )
         answer = await response.read()
@@ -321,6 +324,8 @@ async def test_a_forwarded_request_arrives_whole_and_its_answer_comes_back_uncha
         assert arrived.headers["Idempotency-Key"] == "key-1"
         assert arrived.headers["Content-Type"] == "application/json"
         assert arrived.headers["Accept"] == "application/json"
+        assert arrived.headers["Authorization"] == "Bearer the-callers-key"  # checked there too
+        assert "Cookie" not in arrived.headers
         assert arrived.headers[FORWARDED_BY] == front
         assert forwarded
         assert response.status == 409
@@ -351,6 +356,9 @@ async def test_get_json_reads_another_workers_answer() -> None:
     async with front_and_owner() as (_front, to_owner, _owner, owners):
         assert await owners.get_json(f"{to_owner}/v1/aliases/@known") == {"account": "acct-1"}
         assert await owners.get_json(f"{to_owner}/v1/aliases/@unknown") is None
+        await owners.get_json(f"{to_owner}/v1/aliases/@known", {"X-API-Key": "the-callers-key"})
+        asked, _, _ = _owner.seen[-1]
+        assert asked.headers["X-API-Key"] == "the-callers-key"
 
 
 def _request(app: web.Application, method: str, path: str) -> web.Request:

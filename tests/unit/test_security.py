@@ -324,17 +324,9 @@ async def test_ledger_client_gives_its_kafka_clients_the_options(
 # Calls that make a Kafka client, and what carries the security options into them.
 _KAFKA_CLIENTS = {"AIOKafkaProducer", "AIOKafkaConsumer", "AIOKafkaAdminClient", "reader"}
 _KAFKA_READERS = {"read_topic", "read_journal", "LedgerClient"}
-# Where clients are still made without the options: modules of other commands, to be given
-# `connection_options(settings)` (ops, audit, rebuild, and the journal read of demo and
-# tests; demo, bench and soak, which run on the embedded broker unless given --bootstrap).
+# Where clients are still made without the options, to be given `connection_options(settings)`.
 NOT_YET_SECURED = {
     "ledger_stream/ops.py",
-    "ledger_stream/audit.py",
-    "ledger_stream/rebuild.py",
-    "ledger_stream/journal.py",
-    "ledger_stream/demo.py",
-    "ledger_stream/bench.py",
-    "ledger_stream/soak.py",
 }
 
 
