@@ -1,4 +1,5 @@
-"""The `ledger-stream` command: broker, worker, demo, bench, audit, soak."""
+"""The `ledger-stream` command: broker, worker, demo, bench, audit, rebuild, topics, tail, lag,
+soak."""
 
 from __future__ import annotations
 
@@ -171,6 +172,72 @@ def _parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--json", action="store_true", help="print one JSON object")
     rebuild.set_defaults(run=_rebuild)
 
+    topics = commands.add_parser(
+        "topics",
+        help="create the ledger's topics, or compare them with what the ledger expects",
+    )
+    topic_commands = topics.add_subparsers(required=True, metavar="ACTION")
+    create = topic_commands.add_parser(
+        "create",
+        help="create the missing topics with their layouts (as a worker does at start)",
+        epilog="exit status: 0 created or already there, 2 could not (an existing topic with "
+        "another partition count is refused)",
+    )
+    describe = topic_commands.add_parser(
+        "describe",
+        help="each topic as the broker reports it, against what the ledger expects",
+        description="For each topic the ledger expects: whether it exists, its partitions, "
+        "replication factor and the configs its layout sets (cleanup.policy, retention.ms, "
+        "...), as the broker reports them, against what the ledger expects; each difference "
+        "named. A config the broker does not report is shown as such, and not checked.",
+        epilog="exit status: 0 every topic as expected, 1 a difference (listed), 2 could not run",
+    )
+    for action, run in ((create, _topics_create), (describe, _topics_describe)):
+        _add_ledger_flags(action)
+        action.add_argument(
+            "--partitions", type=int, help="partitions expected (LEDGER_PARTITIONS)"
+        )
+        action.add_argument("--json", action="store_true", help="print one JSON object")
+        action.set_defaults(run=run)
+
+    tail = commands.add_parser(
+        "tail",
+        help="print a topic's records as they come, one line each",
+        description="Print the records of one of the ledger's topics, one line each: "
+        "partition, offset, record time (UTC), key and the value (JSON compacted). From the "
+        "end of each partition on (only new records) unless --from-beginning; Ctrl-C or "
+        "SIGTERM stops it (exit 0).",
+    )
+    tail.add_argument(
+        "topic",
+        metavar="TOPIC",
+        help="short name of a ledger topic: commands, legs, journal, results, deadletter, "
+        "state, outcomes, receipts, notifications, undelivered, flags",
+    )
+    _add_ledger_flags(tail)
+    tail.add_argument(
+        "--account",
+        help="only records naming this account (the key, or account, destination, source, "
+        "counterparty, payer or payee in the value)",
+    )
+    tail.add_argument(
+        "--from-beginning", action="store_true", help="from the start of each partition"
+    )
+    tail.add_argument("--limit", type=_positive, help="stop after this many records shown")
+    tail.add_argument("--json", action="store_true", help="one JSON object a record")
+    tail.set_defaults(run=_tail)
+
+    lag = commands.add_parser(
+        "lag",
+        help="per consumer group of the ledger and partition: committed offset, end, lag",
+        description="For the writers' group (commands, legs) and the notifier's "
+        "(notifications), per partition: the committed offset, the partition's true end (the "
+        "high watermark of a Fetch, exact on the embedded broker too) and the records between.",
+    )
+    _add_ledger_flags(lag)
+    lag.add_argument("--json", action="store_true", help="print one JSON object")
+    lag.set_defaults(run=_lag)
+
     soak = commands.add_parser(
         "soak",
         help="keep load, crashes and rebalances going on a local ledger, then audit it",
@@ -182,6 +249,20 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_argument("--json", action="store_true", help="print one JSON object of figures")
     soak.set_defaults(run=_soak)
     return parser
+
+
+def _add_ledger_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (LEDGER_BOOTSTRAP_SERVERS)")
+    parser.add_argument(
+        "--topic-prefix", "--prefix", dest="prefix", help="topic name prefix (LEDGER_TOPIC_PREFIX)"
+    )
+
+
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {number}")
+    return number
 
 
 def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -331,6 +412,100 @@ def _rebuild(args: argparse.Namespace) -> int:
             print(f"  {line}")
     print("rebuilt read models identical to the live ones" if same else "rebuild differs")
     return 0 if same else 1
+
+
+def _topics_create(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from ledger_stream.errors import BrokerUnavailable, ConfigurationError
+    from ledger_stream.ops import create_topics
+
+    settings = settings_from(args, topic_prefix=args.prefix)
+    try:
+        created = asyncio.run(create_topics(settings))
+    except (BrokerUnavailable, ConfigurationError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(json.dumps(created.as_dict()) if args.json else created.text(), flush=True)
+    return 0
+
+
+def _topics_describe(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from ledger_stream.errors import BrokerUnavailable, ConfigurationError
+    from ledger_stream.ops import describe_topics, topics_dict, topics_text
+
+    settings = settings_from(args, topic_prefix=args.prefix)
+    try:
+        checks = asyncio.run(describe_topics(settings))
+    except (BrokerUnavailable, ConfigurationError) as error:
+        # Not a verdict on the topics: exit 2, so that 1 always means a difference.
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    report = topics_dict(checks)
+    print(json.dumps(report) if args.json else topics_text(checks), flush=True)
+    return 0 if report["ok"] else 1
+
+
+def _tail(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    import os
+
+    from ledger_stream.errors import BrokerUnavailable, ConfigurationError
+    from ledger_stream.ops import Shown, tail, tail_dict, tail_line
+
+    settings = settings_from(args, topic_prefix=args.prefix)
+
+    def show(item: Shown) -> None:
+        print(json.dumps(tail_dict(item)) if args.json else tail_line(item), flush=True)
+
+    async def follow() -> None:
+        # Ctrl-C and SIGTERM are how a tail ends: cancelled, it stops its consumer and exits 0.
+        following = asyncio.current_task()
+        assert following is not None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, following.cancel)
+        try:
+            await tail(
+                settings,
+                args.topic,
+                show,
+                account=args.account,
+                from_beginning=args.from_beginning,
+                limit=args.limit,
+            )
+        except asyncio.CancelledError:
+            logger.info("stopped")
+
+    try:
+        asyncio.run(follow())
+    except (BrokerUnavailable, ConfigurationError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def _lag(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from ledger_stream.errors import BrokerUnavailable, ConfigurationError
+    from ledger_stream.ops import consumer_lag, lag_dict, lag_text
+
+    settings = settings_from(args, topic_prefix=args.prefix)
+    try:
+        groups, lags = asyncio.run(consumer_lag(settings))
+    except (BrokerUnavailable, ConfigurationError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(json.dumps(lag_dict(groups, lags)) if args.json else lag_text(groups, lags), flush=True)
+    return 0
 
 
 def _describe_settings_error(error: ValidationError) -> str:
