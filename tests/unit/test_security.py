@@ -324,10 +324,6 @@ async def test_ledger_client_gives_its_kafka_clients_the_options(
 # Calls that make a Kafka client, and what carries the security options into them.
 _KAFKA_CLIENTS = {"AIOKafkaProducer", "AIOKafkaConsumer", "AIOKafkaAdminClient", "reader"}
 _KAFKA_READERS = {"read_topic", "read_journal", "LedgerClient"}
-# Where clients are still made without the options, to be given `connection_options(settings)`.
-NOT_YET_SECURED = {
-    "ledger_stream/ops.py",
-}
 
 
 def _unsecured_calls(path: Path) -> list[str]:
@@ -360,8 +356,7 @@ def test_every_kafka_client_the_worker_makes_gets_the_security_options() -> None
         for path in sorted((ROOT / package).rglob("*.py"))
         for call in _unsecured_calls(path)
     ]
-    new = [call for call in unsecured if call.split(":")[0] not in NOT_YET_SECURED]
-    assert new == [], "Kafka clients made without connection_options(settings)"
+    assert unsecured == [], "Kafka clients made without connection_options(settings)"
 
 
 # -- API keys -----------------------------------------------------------------------------------
