@@ -39,9 +39,12 @@ class Progress:
         self.moved_at[tp] = time.monotonic()
 
     def forget(self, tp: TopicPartition) -> None:
+        """Stop watching a partition given up, and stop exporting its series: its new owner
+        exports them (a last value left here would be drawn beside the owner's for good)."""
         for table in (self.acked, self.moved_at, self.warned_at):
             table.pop(tp, None)
-        STALLED.labels(tp.topic, str(tp.partition)).set(0)
+        for gauge in (STALLED, LAG):
+            gauge.remove(tp.topic, str(tp.partition))
 
     async def watch(self, consumer: AIOKafkaConsumer) -> None:
         """Runs until cancelled, looking once a second."""

@@ -12,6 +12,14 @@ notify anyone twice about old events.
 
 `limit_reached` notifications come from rejected commands, which the journal does not hold:
 the results topic's partition of the same number is followed for `limit_exceeded` answers.
+
+The fold also sums each partition's postings to @transit, which the read models leave out
+(system accounts are journal-only), for the `ledger_transit_balance_minor_units` metric.
+The sums are written with the positions, in the same batch as the fold, so they stay exact
+across restarts; they are not read models, and `ledger-stream rebuild`, which compares the
+read models key for key, leaves them out. A store that has folded events without summing
+them (written by an older worker, or by `rebuild --replace`) has them summed again from the
+journal when the partition is followed.
 """
 
 from __future__ import annotations
@@ -32,10 +40,12 @@ from prometheus_client import Counter, Gauge
 from agents.freshness import Freshness
 from ledger_stream.anomaly import AnomalyRules
 from ledger_stream.codes import Code
+from ledger_stream.core import TRANSIT
 from ledger_stream.kafka.reading import read_range, reader, true_ends
 from ledger_stream.kafka.retry import retried, started
 from ledger_stream.kafka.security import connection_options
 from ledger_stream.messages import JournalEvent, Result, from_json, to_json
+from ledger_stream.money import CURRENCY_EXPONENTS
 from ledger_stream.notify import Notification
 from ledger_stream.partitioning import partition_of
 from ledger_stream.readmodel import Folded, ReadFold, folded_head
@@ -54,6 +64,17 @@ LAG = Gauge(
     ["partition"],
 )
 GAPS = Counter("ledger_read_seq_gaps_total", "Journal events found after a missing seq")
+# Exact for the partitions this worker folds, as far as it has folded them; the money in
+# transit is the sum over every partition, so over the workers: a partition's own balance
+# is what it sent to others and has not landed or come back, less what landed from others.
+# While a partition moves, its old and new owners may both show it: `max by (partition,
+# currency)` before summing counts it once.
+TRANSIT_BALANCE = Gauge(
+    "ledger_transit_balance_minor_units",
+    "Balance of @transit (credits less debits, in the currency's minor units) in the journal "
+    "partitions this worker folds; summed over all partitions, the money in transit",
+    ["partition", "currency"],
+)
 
 # Records folded between two looks at the event loop: a fold holds the loop (HTTP reads
 # included) for about 20 us a record.
@@ -61,6 +82,10 @@ RECORDS_PER_POLL_MAX = 1000
 _LIMIT_EXCEEDED = f'"{Code.LIMIT_EXCEEDED.value}"'.encode()
 SEQ_HEADER = "seq"
 MARK_SCAN_RECORDS = 200  # records read back at a time to find the last published seq
+# Kept with a read store's positions: the journal seq its @transit sums count up to, and
+# the sum of each currency.
+TRANSIT_SEQ = TRANSIT
+TRANSIT_SUM = TRANSIT + "|{currency}"
 
 
 @dataclass
@@ -69,6 +94,7 @@ class _Partition:
     head: int  # seq folded
     published: int  # seq up to which notifications and flags were published
     results_from: int  # where results are read from while none has been folded
+    transit: dict[str, int]  # @transit's balance, by currency, up to `head`
 
 
 class Projector:
@@ -168,7 +194,11 @@ class Projector:
             return
         assert self.consumer is not None
         for number in sorted(set(self.partitions) - wanted):
-            self.partitions.pop(number).store.close()
+            gone = self.partitions.pop(number)
+            gone.store.close()
+            LAG.remove(str(number))
+            for currency in gone.transit:
+                TRANSIT_BALANCE.remove(str(number), currency)
         new = sorted(wanted - set(self.partitions))
         # One read of the ends of every partition that tells where to start (a fetch each
         # would wait out the broker's fetch wait, one after another).
@@ -187,7 +217,12 @@ class Projector:
                 published = max(published, mark)
             # Results are answers of the moment: a fresh store notifies only of new ones.
             results_from = ends[TopicPartition(self.topics.results, number)]
-            self.partitions[number] = _Partition(store, head, published, results_from)
+            transit = _stored_transit(store, head)
+            if transit is None:
+                transit = await self._summed_transit(number, store, head)
+            for currency, balance in transit.items():
+                TRANSIT_BALANCE.labels(str(number), currency).set(balance)
+            self.partitions[number] = _Partition(store, head, published, results_from, transit)
         # Assigning anew forgets every position: all start where their store says.
         starts: dict[TopicPartition, int] = {}
         for number, followed in self.partitions.items():
@@ -203,6 +238,33 @@ class Projector:
     def _marks(self) -> AIOKafkaConsumer:
         assert self.marks is not None
         return self.marks
+
+    async def _summed_transit(self, number: int, store: ReadStore, head: int) -> dict[str, int]:
+        """Sum @transit's postings in the journal events `store` has folded (up to seq
+        `head`), reading them again and skipping what the fold skipped, and keep the sums
+        with its positions."""
+        tp = TopicPartition(self.topics.journal, number)
+        end = store.position(tp.topic)
+        start = (await self._marks().beginning_offsets([tp]))[tp]
+        logger.info(
+            "journal partition %d: summing @transit over offsets %d to %d (the read models "
+            "were folded without it)",
+            number,
+            start,
+            end,
+        )
+        transit: dict[str, int] = {}
+        seq = 0
+        async for records in read_range(self._marks(), {tp: start}, {tp: end}):
+            for record in records:
+                if record.value is None:
+                    continue
+                event = from_json(record.value, JournalEvent)
+                if event.seq is not None and event.seq > seq:
+                    seq = event.seq
+                    _add_transit(transit, event)
+        store.write({}, _transit_positions(head, transit))
+        return transit
 
     async def _published(self, tp: TopicPartition, ends: dict[TopicPartition, int]) -> int:
         """The greatest seq a notifications or flags partition was published for, read back
@@ -225,12 +287,17 @@ class Projector:
         fold = ReadFold(followed.store.get, self.rules)
         limits: list[Notification] = []
         positions: dict[str, int] = {}
+        transit: dict[str, int] = {}  # what the fold posts to @transit, by currency
         for record in records:
             positions[record.topic] = record.offset + 1
             if record.value is None:
                 continue
             if record.topic == self.topics.journal:
-                fold.event(from_json(record.value, JournalEvent))
+                event = from_json(record.value, JournalEvent)
+                before = fold.head.seq
+                fold.event(event)
+                if fold.head.seq > before:  # folded, not skipped
+                    _add_transit(transit, event)
             elif _LIMIT_EXCEEDED in record.value:  # most results are not: skip decoding them
                 limits.extend(_limit_reached(from_json(record.value, Result), record.timestamp))
         for expected, found in fold.out.gaps:
@@ -241,12 +308,17 @@ class Projector:
                 found,
                 expected,
             )
-        return _Fold(number, fold.out, fold.head.seq, positions, limits)
+        balances = {c: followed.transit.get(c, 0) + posted for c, posted in transit.items()}
+        return _Fold(number, fold.out, fold.head.seq, positions, limits, balances)
 
     def _write(self, fold: _Fold) -> None:
         """Write a fold and its positions at once, and tell the readers waiting for it."""
         followed = self.partitions[fold.number]
-        followed.store.write(fold.out.writes, fold.positions)
+        positions = {**fold.positions, **_transit_positions(fold.head, fold.transit)}
+        followed.store.write(fold.out.writes, positions)
+        followed.transit.update(fold.transit)
+        for currency, balance in fold.transit.items():
+            TRANSIT_BALANCE.labels(str(fold.number), currency).set(balance)
         folded_to = fold.positions.get(self.topics.journal)
         assert self.consumer is not None
         high = self.consumer.highwater(TopicPartition(self.topics.journal, fold.number))
@@ -310,6 +382,31 @@ class _Fold:
     head: int  # seq folded up to
     positions: dict[str, int]  # by topic, the next offset to fold
     limits: list[Notification]
+    transit: dict[str, int]  # @transit's balance after the fold, where the fold posted to it
+
+
+def _add_transit(transit: dict[str, int], event: JournalEvent) -> None:
+    """Add what `event` posts to @transit (credits less debits) to `transit`'s currency."""
+    for posting in event.postings:
+        if posting.account == TRANSIT:
+            transit[event.currency] = (
+                transit.get(event.currency, 0) + posting.credit - posting.debit
+            )
+
+
+def _transit_positions(seq: int, transit: dict[str, int]) -> dict[str, int]:
+    """What to keep with a read store's positions: @transit's balances up to `seq`."""
+    kept = {TRANSIT_SUM.format(currency=c): balance for c, balance in transit.items()}
+    return {TRANSIT_SEQ: seq, **kept}
+
+
+def _stored_transit(store: ReadStore, head: int) -> dict[str, int] | None:
+    """@transit's balances `store` keeps, by currency; None when they do not count up to the
+    events it has folded (`head`)."""
+    if store.position(TRANSIT_SEQ) != head:
+        return None
+    sums = {c: store.position(TRANSIT_SUM.format(currency=c)) for c in CURRENCY_EXPONENTS}
+    return {currency: balance for currency, balance in sums.items() if balance}
 
 
 def _seq_header(record: ConsumerRecord[Any, Any]) -> int:

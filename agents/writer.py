@@ -24,10 +24,12 @@ the second as a repeat.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import logging
 import os
 import time
+import typing
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -42,7 +44,7 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 import ledger_stream.kafka.group  # noqa: F401  (leave the group properly on the embedded broker)
 from agents.expiry import Deadlines, expire_command, pending_deadline
@@ -65,6 +67,7 @@ from ledger_stream.kafka.retry import retried
 from ledger_stream.kafka.security import connection_options
 from ledger_stream.messages import (
     AccountState,
+    Command,
     Limits,
     Outcome,
     from_builtins,
@@ -74,13 +77,30 @@ from ledger_stream.messages import (
 from ledger_stream.outputs import Outbox
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
-from ledger_stream.state.log import Fenced, PartitionLog, commit_bytes_max
+from ledger_stream.state.log import Fenced, PartitionLog, RestoreProgress, commit_bytes_max
 from ledger_stream.state.store import Changes, PartitionStore
 from ledger_stream.topics import STATE_RECORD_BYTES_MAX, TopicNames, connected_admin
 
 logger = logging.getLogger(__name__)
 
-RESULTS = Counter("ledger_results_total", "Results written", ["status", "code"])
+# Metrics, updated once per batch, partition or state record, never per command. Each
+# worker counts what it writes; the dashboard sums over workers.
+# A result's type label is one of the ledger's command types, or "unknown": a record that
+# could not be read names none, and a leg (any producer may write one) could name anything.
+COMMAND_TYPES = frozenset(
+    typing.get_args(model.model_fields["type"].annotation)[0]
+    for model in typing.get_args(typing.get_args(Command)[0])
+)
+RESULTS = Counter(
+    "ledger_results_total",
+    "Results written, by command type, status and code (empty when accepted); the answers "
+    "to repeats included",
+    ["type", "status", "code"],
+)
+JOURNAL_EVENTS = Counter(
+    "ledger_journal_events_total",
+    "Journal events appended (a repeat's events, sent again, are not counted again)",
+)
 DEAD_LETTERS = Counter("ledger_dead_letters_total", "Records sent to the dead-letter topic")
 COMMITS = Counter("ledger_state_commits_total", "State records committed")
 SNAPSHOTS = Counter("ledger_state_snapshots_total", "Snapshots written to the state log")
@@ -91,12 +111,45 @@ WRITTEN_BYTES = Counter(
     ["topic"],
 )
 STATE_BYTES = WRITTEN_BYTES.labels("state")
+# Four buckets a decade (1, 2, 3, 5, 10, ...) from 1 to 100,000 inputs (a record may carry
+# up to COMMAND_BATCH_MAX commands), so quantiles are off by less than a factor of 2.
+BATCH_INPUTS_BUCKETS = (
+    1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500,
+    1000, 2000, 3000, 5000, 10_000, 20_000, 30_000, 50_000, 100_000,
+)  # fmt: skip
+# From half a millisecond (a small batch decided, a record acked by a local broker) to 10 s.
+STEP_SECONDS_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+)  # fmt: skip
 BATCH_SIZE = Histogram(
     "ledger_writer_batch_inputs",
-    "Commands and legs per writer batch",
-    buckets=(1, 10, 100, 1000, 10_000, 100_000),
+    "Commands and legs of one partition in a writer batch",
+    buckets=BATCH_INPUTS_BUCKETS,
 )
 BATCH_SECONDS = Histogram("ledger_writer_batch_seconds", "Time to decide, commit and send a batch")
+DECIDE_SECONDS = Histogram(
+    "ledger_writer_decide_seconds",
+    "Time the pure core took to decide one partition's inputs of a batch (step 2)",
+    buckets=STEP_SECONDS_BUCKETS,
+)
+COMMIT_SECONDS = Histogram(
+    "ledger_state_commit_seconds",
+    "Time to append one state record until acked and apply it locally (steps 3 and 4)",
+    buckets=STEP_SECONDS_BUCKETS,
+)
+RESTORE_LEFT = Gauge(
+    "ledger_state_restore_records_remaining",
+    "State log records a partition being restored has yet to read (0 once restored)",
+    ["partition"],
+)
+RESTORED_RECORDS = Counter(
+    "ledger_state_restored_records_total", "State log records read while restoring partitions"
+)
+RESTORE_SECONDS = Histogram(
+    "ledger_state_restore_seconds",
+    "Time to restore a partition from its state log and claim it",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+)
 
 EXIT_BUG = 70  # EX_SOFTWARE
 EXIT_BROKER_GONE = 75  # EX_TEMPFAIL
@@ -232,6 +285,7 @@ class Writer:
                 self.overlays.pop(number, None)
                 self.deadlines.forget(number)
                 self.freshness.released(number)
+                RESTORE_LEFT.remove(str(number))
                 if log is not None:
                     log.store.close()
             for tp in revoked:
@@ -252,7 +306,9 @@ class Writer:
             self._append,
             self.topics.outcomes,
         )
-        await log.restore()
+        started = time.perf_counter()
+        await log.restore(_restore_progress(number))
+        RESTORE_SECONDS.observe(time.perf_counter() - started)
         return log
 
     # -- one batch ------------------------------------------------------------------------
@@ -270,6 +326,8 @@ class Writer:
     ) -> None:
         started = time.perf_counter()
         owned = {tp: records for tp, records in batch.items() if tp.partition in self.logs}
+        numbers = {tp.partition for tp in owned}
+        seq_before = sum(self.overlays[number].head.seq for number in numbers)
         decided: dict[int, list[Piece]] = {}
         for number, records in _by_partition(owned).items():
             try:
@@ -293,8 +351,9 @@ class Writer:
         await self._acknowledge(owned)
         await self._snapshot_where_due(sorted(decided))
         BATCH_SECONDS.observe(time.perf_counter() - started)
-        for reply in outbox.results:
-            RESULTS.labels(reply.result.status, reply.result.code or "").inc()
+        _count_results(outbox)
+        # Every new journal event takes the next seq of its partition (`core`, `stamp`).
+        JOURNAL_EVENTS.inc(sum(self.overlays[number].head.seq for number in numbers) - seq_before)
         DEAD_LETTERS.inc(len(outbox.dead_letters))
 
     def _decide_partition(
@@ -322,9 +381,12 @@ class Writer:
         overlay.trim()
         pieces: list[Piece] = []
         start, size = 0, COMMIT_INPUTS_MAX
+        deciding_s = 0.0
         while start < len(inputs):
             chunk = inputs[start : start + size]
+            deciding = time.perf_counter()
             decision = overlay.decide(chunk, is_here, self.rules)
+            deciding_s += time.perf_counter() - deciding
             changes = _serialized(decision)
             if commit_bytes_max(changes) > STATE_RECORD_BYTES_MAX:
                 if len(chunk) == 1:
@@ -336,6 +398,7 @@ class Writer:
             self.freshness.wrote(number, decision.journal)
             pieces.append(Piece(changes, _outbox(number, decision)))
             start += len(chunk)
+        DECIDE_SECONDS.observe(deciding_s)
         pieces.append(Piece(Changes({}, {}), letters))  # sent after the decisions, not committed
         return pieces
 
@@ -371,7 +434,9 @@ class Writer:
         async def commit_all(log: PartitionLog, pieces: list[Piece]) -> None:
             for piece in pieces:
                 if piece.changes.accounts or piece.changes.outcomes:
+                    committing = time.perf_counter()
                     await log.commit(piece.changes)
+                    COMMIT_SECONDS.observe(time.perf_counter() - committing)
                     COMMITS.inc()
                     await self.faults.passed("between-commits")
 
@@ -667,6 +732,31 @@ def _refused_letter(item: Incoming, reason: str) -> DeadLetter:
         is_leg=True,
     )
     return DeadLetter(record, reason)
+
+
+def _count_results(outbox: Outbox) -> None:
+    """Count a batch's results, once per label set."""
+    counted = collections.Counter(
+        (
+            reply.result.type if reply.result.type in COMMAND_TYPES else "unknown",
+            reply.result.status,
+            reply.result.code or "",
+        )
+        for reply in outbox.results
+    )
+    for (kind, status, code), count in counted.items():
+        RESULTS.labels(kind, status, code).inc(count)
+
+
+def _restore_progress(number: int) -> RestoreProgress:
+    """How partition `number`'s restore shows in the metrics, as it reads the state log."""
+    left = RESTORE_LEFT.labels(str(number))
+
+    def progress(records: int, remaining: int) -> None:
+        RESTORED_RECORDS.inc(records)
+        left.set(remaining)
+
+    return progress
 
 
 def stop_worker(code: int, message: str) -> NoReturn:

@@ -46,6 +46,8 @@ SNAPSHOT_SCAN_MAX = 1000  # records read back from the end to find the latest sn
 Append = Callable[[int, bytes], Awaitable[int]]
 # Stores compact outcomes (by key) in a partition of the outcomes topic; returns once acked.
 Archive = Callable[[int, dict[str, bytes]], Awaitable[None]]
+# Told, as a restore reads the log, how many records it has just read and how many remain.
+RestoreProgress = Callable[[int, int], None]
 
 
 class Fenced(LedgerError):
@@ -155,15 +157,18 @@ class PartitionLog:
         self.append = append
         self.since_snapshot_bytes = 0  # state log read or written since the latest snapshot
 
-    async def restore(self) -> None:
+    async def restore(self, progress: RestoreProgress | None = None) -> None:
         """Bring the local store to the true end of the log, then claim the partition. An empty
-        store starts at the latest complete snapshot."""
+        store starts at the latest complete snapshot. `progress` hears how far the read is,
+        every `APPLY_RECORDS_MAX` records."""
         end = (await true_ends(self.reader, [self.tp]))[self.tp]
         start = (await self.reader.beginning_offsets([self.tp]))[self.tp]
         await self._check_local(start, end)
         begin = self.store.position.next_offset
         if begin == 0 and end > 0:
             begin = await self._snapshot_start(start, end)
+            if progress is not None:
+                progress(0, end - begin)  # before the archive, which may take a while too
             archived = await self._restore_archive()
             logger.info(
                 "partition %d: restoring from state offset %d (%s), after %d compact outcomes",
@@ -172,7 +177,7 @@ class PartitionLog:
                 "a snapshot" if begin > start else "the log start",
                 archived,
             )
-        caught_up = await self._catch_up(begin, end)
+        caught_up = await self._catch_up(begin, end, progress)
         logger.info(
             "partition %d: state restored to offset %d (%d void records skipped)",
             self.partition,
@@ -374,16 +379,21 @@ class PartitionLog:
         if value is None or digest(value) != position.last_digest:
             self.store.wipe(f"the record at offset {last} is not the one it applied")
 
-    async def _catch_up(self, start: int, end: int) -> _Read:
-        """Apply the valid records in [start, end) to the local store, in order. The state
-        log has no gaps (never compacted, no transactions), so a gap means its start was
-        deleted while this reader was behind it (by the owner, after a snapshot): raise
-        `LogTrimmed` rather than go on from the new start, which would miss what was only
-        in the deleted records and in the outcomes topic."""
+    async def _catch_up(
+        self, start: int, end: int, progress: RestoreProgress | None = None
+    ) -> _Read:
+        """Apply the valid records in [start, end) to the local store, in order, telling
+        `progress` after each local write. The state log has no gaps (never compacted, no
+        transactions), so a gap means its start was deleted while this reader was behind it
+        (by the owner, after a snapshot): raise `LogTrimmed` rather than go on from the new
+        start, which would miss what was only in the deleted records and in the outcomes
+        topic."""
         read = _Read(Changes({}, {}))
         position = self.store.position
         pending = 0
         expected = start
+        if progress is not None:
+            progress(0, end - start)
         async for records in read_range(self.reader, {self.tp: start}, {self.tp: end}):
             for record in records:
                 if record.offset != expected:
@@ -401,8 +411,12 @@ class PartitionLog:
                 pending += 1
                 if pending >= APPLY_RECORDS_MAX:
                     self.store.apply(read.changes, position)
+                    if progress is not None:
+                        progress(pending, end - expected)
                     read.changes, pending = Changes({}, {}), 0
         self.store.apply(read.changes, position)
+        if progress is not None:
+            progress(pending, end - expected)
         return read
 
     def _read_one(self, offset: int, value: bytes, read: _Read) -> None:

@@ -45,15 +45,23 @@ BROKERS = ("kafka", "kafka-2", "kafka-3")
 DEVELOPMENT_EXTRAS = {"dev", "embedded"}
 #: Series Prometheus makes itself, not the workers.
 SCRAPE_SERIES = {"up"}
-#: What the dashboard must draw (issue 10): results, batch latency and size, lag, dead
-#: letters, stuck partitions, notifications and flags.
+#: What the dashboard must draw (issue 10): results (commands by type), batch, decision and
+#: commit latency, batch size, journal events, lag, dead letters, stuck partitions, the
+#: @transit balance, recovery, notifications and flags.
 DASHBOARD_NEEDS = {
     "ledger_results_total",
     "ledger_writer_batch_seconds_bucket",
+    "ledger_writer_decide_seconds_bucket",
+    "ledger_state_commit_seconds_bucket",
     "ledger_writer_batch_inputs_bucket",
+    "ledger_journal_events_total",
     "ledger_input_lag_records",
     "ledger_dead_letters_total",
     "ledger_partition_stalled",
+    "ledger_transit_balance_minor_units",
+    "ledger_state_restore_records_remaining",
+    "ledger_state_restored_records_total",
+    "ledger_state_restore_seconds_count",
     "ledger_notifications_published_total",
     "ledger_flags_published_total",
 }
