@@ -73,6 +73,14 @@ class Settings(BaseSettings):
         description="Partitions of commands, legs, journal, results, state, outcomes and receipts",
     )
     replication_factor: int = Field(default=1, ge=1, le=16)
+    min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description="min.insync.replicas of the topics the ledger creates (unset: the "
+        "broker's default); 2 with a replication factor of 3 keeps an acknowledged write on "
+        "two brokers",
+    )
     data_dir: Path = Field(
         default=Path(".ledger-data"), description="Worker's local state (one RocksDB per partition)"
     )
@@ -354,6 +362,18 @@ class Settings(BaseSettings):
             )
         except ConfigurationError as error:
             raise ValueError(str(error)) from None
+        return self
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> Settings:
+        if self.min_insync_replicas is not None and (
+            self.min_insync_replicas > self.replication_factor
+        ):
+            raise ValueError(
+                f"LEDGER_MIN_INSYNC_REPLICAS ({self.min_insync_replicas}) is more than "
+                f"LEDGER_REPLICATION_FACTOR ({self.replication_factor}): no write could be "
+                "acknowledged"
+            )
         return self
 
     @model_validator(mode="after")

@@ -68,7 +68,7 @@ def topic_layouts(settings: Settings) -> list[NewTopic]:
         "cleanup.policy": "delete",
         "retention.ms": str(settings.results_retention_ms),
     }
-    return [
+    topics = [
         NewTopic(names.commands, n, rf, topic_configs={"cleanup.policy": "delete"}),
         NewTopic(names.legs, n, rf, topic_configs={"cleanup.policy": "delete"}),
         NewTopic(names.journal, n, rf, topic_configs=journal_config),
@@ -88,6 +88,13 @@ def topic_layouts(settings: Settings) -> list[NewTopic]:
         NewTopic(names.undelivered, 1, rf, topic_configs={"cleanup.policy": "delete"}),
         NewTopic(names.flags, n, rf, topic_configs=results_config),
     ]
+    if settings.min_insync_replicas is not None:
+        for topic in topics:
+            topic.topic_configs = {
+                **topic.topic_configs,
+                "min.insync.replicas": str(settings.min_insync_replicas),
+            }
+    return topics
 
 
 # Partition counts that must equal `partitions`: the writer's tables follow them.

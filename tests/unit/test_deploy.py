@@ -334,6 +334,7 @@ def test_the_cluster_override_runs_three_brokers_replication_3_and_min_insync_2(
     for name in (*WORKERS, "topics"):
         environment = _environment(services[name])
         assert environment["LEDGER_REPLICATION_FACTOR"] == "3", name
+        assert environment["LEDGER_MIN_INSYNC_REPLICAS"] == "2", name
         assert set(environment["LEDGER_BOOTSTRAP_SERVERS"].split(",")) == internal, name
         assert set(BROKERS) <= set(services[name]["depends_on"]), name
 
@@ -650,8 +651,10 @@ def test_the_managed_kafka_page_creates_the_topics_as_the_ledger_lays_them_out(
         topic.name: (
             topic.num_partitions,
             topic.replication_factor,
-            {**topic.topic_configs, "min.insync.replicas": "2"},
+            topic.topic_configs,
         )
-        for topic in topic_layouts(Settings(_env_file=None, replication_factor=3))
+        for topic in topic_layouts(
+            Settings(_env_file=None, replication_factor=3, min_insync_replicas=2)
+        )
     }
     assert created == wanted

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from aiokafka.admin import NewTopic
 from aiokafka.structs import ConsumerRecord
+from pydantic import ValidationError
 
 from agents.cli import main
 from agents.notifier import Notifier
@@ -371,3 +372,14 @@ def test_tail_limit_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None
 def test_the_docstring_examples_hold() -> None:
     failed, attempted = doctest.testmod(ops)
     assert attempted > 0 and failed == 0
+
+
+def test_min_insync_replicas_is_set_on_every_topic_when_given_and_never_above_the_replicas() -> (
+    None
+):
+    given = topic_layouts(Settings(_env_file=None, replication_factor=3, min_insync_replicas=2))
+    assert {t.topic_configs.get("min.insync.replicas") for t in given} == {"2"}
+    unset = topic_layouts(Settings(_env_file=None, replication_factor=3))
+    assert all("min.insync.replicas" not in t.topic_configs for t in unset)
+    with pytest.raises(ValidationError, match=r"LEDGER_MIN_INSYNC_REPLICAS .* LEDGER_REPLICATION"):
+        Settings(_env_file=None, replication_factor=1, min_insync_replicas=2)
