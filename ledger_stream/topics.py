@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import NoError, TopicAlreadyExistsError, for_code
 
 from ledger_stream.errors import ConfigurationError
 from ledger_stream.kafka.retry import started
@@ -135,11 +138,31 @@ async def ensure_topics(settings: Settings) -> list[str]:
                 )
         missing = [topic for topic in wanted if topic.name not in existing]
         if missing:
-            await admin.create_topics(missing)
+            response = await admin.create_topics(missing)
+            _raise_refusals(response.topic_errors)
             logger.info("created topics %s", ", ".join(t.name for t in missing))
         return [topic.name for topic in missing]
     finally:
         await admin.close()
+
+
+def _raise_refusals(topic_errors: Sequence[tuple[Any, ...]]) -> None:
+    """Refuse to go on when the broker refused to create a topic (a topic another worker
+    created meanwhile aside): (topic, error code[, message]) per topic, as CreateTopics
+    answers."""
+    refused = [
+        f"{entry[0]}: {for_code(entry[1]).__name__}"
+        + (f" ({entry[2]})" if len(entry) > 2 and entry[2] else "")
+        for entry in topic_errors
+        if entry[1] not in (NoError.errno, TopicAlreadyExistsError.errno)
+    ]
+    if refused:
+        raise ConfigurationError(
+            "the broker refused to create topics: "
+            + "; ".join(refused)
+            + ". Check LEDGER_REPLICATION_FACTOR and LEDGER_MIN_INSYNC_REPLICAS against the "
+            "brokers, and that this principal may create topics"
+        )
 
 
 async def connected_admin(settings: Settings) -> AIOKafkaAdminClient:

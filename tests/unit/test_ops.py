@@ -36,7 +36,7 @@ from ledger_stream.ops import (
     topics_text,
 )
 from ledger_stream.settings import Settings
-from ledger_stream.topics import topic_layouts
+from ledger_stream.topics import _raise_refusals, topic_layouts
 
 JOURNAL = NewTopic(
     "l.journal", 4, 3, topic_configs={"cleanup.policy": "compact", "retention.ms": "-1"}
@@ -383,3 +383,16 @@ def test_min_insync_replicas_is_set_on_every_topic_when_given_and_never_above_th
     assert all("min.insync.replicas" not in t.topic_configs for t in unset)
     with pytest.raises(ValidationError, match=r"LEDGER_MIN_INSYNC_REPLICAS .* LEDGER_REPLICATION"):
         Settings(_env_file=None, replication_factor=1, min_insync_replicas=2)
+
+
+def test_a_topic_the_broker_refused_to_create_stops_topic_creation_naming_the_settings() -> None:
+    """CreateTopics answers per topic; only a topic created meanwhile by another worker
+    (TopicAlreadyExists, 36) is not a refusal. The embedded broker refuses none, so this is
+    the answer Apache Kafka gives a replication factor above its brokers."""
+    _raise_refusals([("l.commands", 0, None), ("l.legs", 36, "already exists")])
+    refused = [("l.commands", 0, None), ("l.journal", 38, "Replication factor: 3 larger than 1")]
+    with pytest.raises(ConfigurationError) as raised:
+        _raise_refusals(refused)
+    message = str(raised.value)
+    assert "l.journal: InvalidReplicationFactorError (Replication factor: 3" in message
+    assert "l.commands" not in message and "LEDGER_REPLICATION_FACTOR" in message
