@@ -8,9 +8,9 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -20,6 +20,7 @@ from ledger_stream.settings import Settings
 logger = logging.getLogger(__name__)
 
 EXIT_CONFIG = 2
+T = TypeVar("T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,11 +35,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as error:
         print(f"configuration error: {_describe_settings_error(error)}", file=sys.stderr)
         return EXIT_CONFIG
+    except _CouldNotRun as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
     except LedgerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 128 + (_terminated[0] if _terminated else signal.SIGINT)
+
+
+class _CouldNotRun(Exception):
+    """A command that could not run (Kafka away, a bad setting, a topic missing): not a
+    verdict, so it exits 2, and 1 keeps meaning a check failed or a difference was found."""
+
+
+def _ran(work: Coroutine[Any, Any, T], *also: type[Exception]) -> T:
+    """`asyncio.run(work)`, its broker and configuration errors (and `also`) raised as
+    `_CouldNotRun`."""
+    import asyncio
+
+    from ledger_stream.errors import BrokerUnavailable, ConfigurationError
+
+    errors: tuple[type[Exception], ...] = (BrokerUnavailable, ConfigurationError, *also)
+    try:
+        return asyncio.run(work)
+    except errors as error:
+        raise _CouldNotRun(str(error)) from error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -412,37 +435,23 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    import asyncio
     import json
 
     from ledger_stream.audit import audit
-    from ledger_stream.errors import BrokerUnavailable, ConfigurationError
 
-    settings = settings_from(args, topic_prefix=args.prefix)
-    try:
-        report = asyncio.run(audit(settings))
-    except (BrokerUnavailable, ConfigurationError) as error:
-        # Not a verdict on the books: exit 2, so that 1 always means a check failed.
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+    report = _ran(audit(settings_from(args, topic_prefix=args.prefix)))
     print(json.dumps(report.as_dict()) if args.json else report.text(), flush=True)
     return 0 if report.ok else 1
 
 
 def _rebuild(args: argparse.Namespace) -> int:
-    import asyncio
     import dataclasses
     import json
 
-    from ledger_stream.errors import BrokerUnavailable, ConfigurationError
     from ledger_stream.rebuild import rebuild
 
     settings = settings_from(args, topic_prefix=args.prefix)
-    try:
-        rebuilt = asyncio.run(rebuild(settings, args.into, args.replace))
-    except (BrokerUnavailable, ConfigurationError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+    rebuilt = _ran(rebuild(settings, args.into, args.replace))
     same = all(not r.differences for r in rebuilt)
     if args.json:
         print(
@@ -470,36 +479,21 @@ def _rebuild(args: argparse.Namespace) -> int:
 
 
 def _topics_create(args: argparse.Namespace) -> int:
-    import asyncio
     import json
 
-    from ledger_stream.errors import BrokerUnavailable, ConfigurationError
     from ledger_stream.ops import create_topics
 
-    settings = settings_from(args, topic_prefix=args.prefix)
-    try:
-        created = asyncio.run(create_topics(settings))
-    except (BrokerUnavailable, ConfigurationError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+    created = _ran(create_topics(settings_from(args, topic_prefix=args.prefix)))
     print(json.dumps(created.as_dict()) if args.json else created.text(), flush=True)
     return 0
 
 
 def _topics_describe(args: argparse.Namespace) -> int:
-    import asyncio
     import json
 
-    from ledger_stream.errors import BrokerUnavailable, ConfigurationError
     from ledger_stream.ops import describe_topics, topics_dict, topics_text
 
-    settings = settings_from(args, topic_prefix=args.prefix)
-    try:
-        checks = asyncio.run(describe_topics(settings))
-    except (BrokerUnavailable, ConfigurationError) as error:
-        # Not a verdict on the topics: exit 2, so that 1 always means a difference.
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+    checks = _ran(describe_topics(settings_from(args, topic_prefix=args.prefix)))
     report = topics_dict(checks)
     print(json.dumps(report) if args.json else topics_text(checks), flush=True)
     return 0 if report["ok"] else 1
@@ -510,7 +504,6 @@ def _tail(args: argparse.Namespace) -> int:
     import json
     import os
 
-    from ledger_stream.errors import BrokerUnavailable, ConfigurationError
     from ledger_stream.ops import Shown, tail, tail_dict, tail_line
 
     settings = settings_from(args, topic_prefix=args.prefix)
@@ -537,37 +530,25 @@ def _tail(args: argparse.Namespace) -> int:
             logger.info("stopped")
 
     try:
-        asyncio.run(follow())
-    except (BrokerUnavailable, ConfigurationError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+        _ran(follow())
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
 def _lag(args: argparse.Namespace) -> int:
-    import asyncio
     import json
 
-    from ledger_stream.errors import BrokerUnavailable, ConfigurationError
     from ledger_stream.ops import consumer_lag, lag_dict, lag_text
 
-    settings = settings_from(args, topic_prefix=args.prefix)
-    try:
-        groups, lags = asyncio.run(consumer_lag(settings))
-    except (BrokerUnavailable, ConfigurationError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+    groups, lags = _ran(consumer_lag(settings_from(args, topic_prefix=args.prefix)))
     print(json.dumps(lag_dict(groups, lags)) if args.json else lag_text(groups, lags), flush=True)
     return 0
 
 
 def _export_journal(args: argparse.Namespace) -> int:
-    import asyncio
     import os
 
-    from ledger_stream.errors import BrokerUnavailable, ConfigurationError
     from ledger_stream.export import (
         ExportError,
         JournalExport,
@@ -581,17 +562,13 @@ def _export_journal(args: argparse.Namespace) -> int:
     output = args.output or f"journal.{args.format}"
     try:
         export = JournalExport(TimeRange(args.from_time, args.to_time))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+        sink = open_sink(args.format, output)
+    except (ValueError, ExportError) as error:
+        raise _CouldNotRun(str(error)) from error
     progress = Progress(sys.stderr, bar=args.progress or sys.stderr.isatty())
     try:
-        sink = open_sink(args.format, output)
-        asyncio.run(export_journal(settings, sink, export, progress))
-    except (BrokerUnavailable, ConfigurationError, ExportError) as error:
-        # Could not run (exit 2); an unreadable journal record is exit 1, as `main` answers.
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+        # Could not run: exit 2; an unreadable journal record is exit 1, as `main` answers.
+        _ran(export_journal(settings, sink, export, progress), ExportError)
     except BrokenPipeError:  # the reader of `-o -` went away (`| head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

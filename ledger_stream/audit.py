@@ -25,8 +25,7 @@ from ledger_stream.codes import Code
 from ledger_stream.core import TRANSIT, WORLD
 from ledger_stream.errors import BrokerUnavailable, ConfigurationError
 from ledger_stream.journal import Books, fold
-from ledger_stream.kafka.reading import read_topic, reader
-from ledger_stream.kafka.retry import started
+from ledger_stream.kafka.reading import read_topic
 from ledger_stream.kafka.security import connection_options
 from ledger_stream.messages import (
     ALIAS_PREFIX,
@@ -42,7 +41,7 @@ from ledger_stream.messages import (
 )
 from ledger_stream.money import CURRENCY_EXPONENTS, format_amount
 from ledger_stream.settings import Settings
-from ledger_stream.topics import TopicNames
+from ledger_stream.topics import TopicNames, connected_reader
 
 logger = logging.getLogger(__name__)
 
@@ -167,15 +166,7 @@ async def read_ledger(settings: Settings) -> LedgerRecords:
 async def _partitions(settings: Settings, topics: list[str]) -> list[int]:
     """The partitions to read; every topic must have `settings.partitions` of them."""
 
-    async def stop(consumer: Any) -> None:
-        await consumer.stop()
-
-    consumer = await started(
-        lambda: reader(settings.bootstrap_servers, **connection_options(settings)),
-        settings.bootstrap_servers,
-        settings.connect_attempts_max,
-        stop,
-    )
+    consumer = await connected_reader(settings)
     try:
         await consumer.topics()
         counts = {topic: len(consumer.partitions_for_topic(topic) or ()) for topic in topics}

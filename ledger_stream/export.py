@@ -23,12 +23,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from ledger_stream.errors import BrokerUnavailable, ConfigurationError, LedgerError
-from ledger_stream.kafka.reading import read_range, reader, true_ends
-from ledger_stream.kafka.retry import started
-from ledger_stream.kafka.security import connection_options
+from ledger_stream.kafka.reading import read_range, true_ends
 from ledger_stream.messages import JournalEvent, Posting, from_json
 from ledger_stream.money import CURRENCY_EXPONENTS, format_amount
-from ledger_stream.topics import TopicNames
+from ledger_stream.topics import TopicNames, connected_reader
 
 if TYPE_CHECKING:
     from ledger_stream.settings import Settings
@@ -512,15 +510,7 @@ async def _read_into(
 ) -> None:
     topic = TopicNames.from_settings(settings).journal
 
-    async def stop(consumer: AIOKafkaConsumer) -> None:
-        await consumer.stop()
-
-    consumer = await started(
-        lambda: reader(settings.bootstrap_servers, **connection_options(settings)),
-        settings.bootstrap_servers,
-        settings.connect_attempts_max,
-        stop,
-    )
+    consumer = await connected_reader(settings)
     try:
         await consumer.topics()
         tps = [TopicPartition(topic, p) for p in _partitions(consumer, topic, settings)]

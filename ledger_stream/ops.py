@@ -20,11 +20,15 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from ledger_stream.errors import BrokerUnavailable, ConfigurationError
-from ledger_stream.kafka.reading import Record, reader, true_ends
-from ledger_stream.kafka.retry import started
-from ledger_stream.kafka.security import connection_options
+from ledger_stream.kafka.reading import Record, true_ends
 from ledger_stream.settings import Settings
-from ledger_stream.topics import TopicNames, connected_admin, ensure_topics, topic_layouts
+from ledger_stream.topics import (
+    TopicNames,
+    connected_admin,
+    connected_reader,
+    ensure_topics,
+    topic_layouts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -543,19 +547,7 @@ async def _admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
 
 @asynccontextmanager
 async def _reader(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
-    async def stop(consumer: AIOKafkaConsumer) -> None:
-        await consumer.stop()
-
-    consumer = await started(
-        lambda: reader(
-            settings.bootstrap_servers,
-            fetch_max_wait_ms=settings.fetch_wait_ms,
-            **connection_options(settings),
-        ),
-        settings.bootstrap_servers,
-        settings.connect_attempts_max,
-        stop,
-    )
+    consumer = await connected_reader(settings, fetch_max_wait_ms=settings.fetch_wait_ms)
     try:
         with _lost_kafka(settings):
             yield consumer

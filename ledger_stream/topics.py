@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import NoError, TopicAlreadyExistsError, for_code
 
 from ledger_stream.errors import ConfigurationError
+from ledger_stream.kafka.reading import reader
 from ledger_stream.kafka.retry import started
 from ledger_stream.kafka.security import connection_options
 from ledger_stream.settings import Settings
@@ -176,6 +178,21 @@ async def connected_admin(settings: Settings) -> AIOKafkaAdminClient:
         settings.bootstrap_servers,
         settings.connect_attempts_max,
         close,
+    )
+
+
+async def connected_reader(settings: Settings, **options: Any) -> AIOKafkaConsumer:
+    """A started reader (`kafka.reading.reader`, with the connection settings and `options`),
+    after the connect attempts `connected_admin` makes too."""
+
+    async def stop(consumer: AIOKafkaConsumer) -> None:
+        await consumer.stop()
+
+    return await started(
+        lambda: reader(settings.bootstrap_servers, **options, **connection_options(settings)),
+        settings.bootstrap_servers,
+        settings.connect_attempts_max,
+        stop,
     )
 
 
