@@ -11,7 +11,6 @@ import inspect
 import json
 import logging
 import re
-import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -27,10 +26,10 @@ from ledger_stream.anomaly import Flag
 from ledger_stream.codes import Code
 from ledger_stream.messages import (
     ALIAS_PREFIX,
+    COMMAND_MODELS,
     IDENTIFIER_CHARS,
     IDENTIFIER_CHARS_MAX,
     IDENTIFIER_PATTERN,
-    Command,
     Result,
 )
 from ledger_stream.readmodel import AccountView, DaySummary, HistoryItem
@@ -569,13 +568,6 @@ def _problem(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _command_models() -> dict[str, type[BaseModel]]:
-    """Command type -> its pydantic model, from the `Command` union."""
-    union = typing.get_args(typing.get_args(Command)[0])
-    return {typing.get_args(model.model_fields["type"].annotation)[0]: model for model in union}
-
-
-COMMAND_MODELS = _command_models()
 _PYDANTIC_REF = REF.replace("{name}", "{model}")
 
 

@@ -29,7 +29,6 @@ import gc
 import logging
 import os
 import time
-import typing
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -66,8 +65,8 @@ from ledger_stream.kafka.records import OutRecord, send_records
 from ledger_stream.kafka.retry import retried
 from ledger_stream.kafka.security import connection_options
 from ledger_stream.messages import (
+    COMMAND_MODELS,
     AccountState,
-    Command,
     Limits,
     Outcome,
     from_builtins,
@@ -87,10 +86,7 @@ logger = logging.getLogger(__name__)
 # worker counts what it writes; the dashboard sums over workers.
 # A result's type label is one of the ledger's command types, or "unknown": a record that
 # could not be read names none, and a leg (any producer may write one) could name anything.
-COMMAND_TYPES = frozenset(
-    typing.get_args(model.model_fields["type"].annotation)[0]
-    for model in typing.get_args(typing.get_args(Command)[0])
-)
+COMMAND_TYPES = frozenset(COMMAND_MODELS)
 RESULTS = Counter(
     "ledger_results_total",
     "Results written, by command type, status and code (empty when accepted); the answers "

@@ -8,7 +8,7 @@ copied, encoded and decoded on the hot path at a fraction of pydantic's cost. JS
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import msgspec
 from msgspec import Meta
@@ -356,6 +356,11 @@ Command = Annotated[
     Field(discriminator="type"),
 ]
 COMMAND_ADAPTER: TypeAdapter[Command] = TypeAdapter(Command)
+# Command type -> its model, from the `Command` union.
+COMMAND_MODELS: dict[str, type[CommandBase]] = {
+    get_args(model.model_fields["type"].annotation)[0]: model
+    for model in get_args(get_args(Command)[0])
+}
 # A command message carries one command, or a JSON array of commands of one partition.
 COMMAND_BATCH_MAX = 10_000
 COMMAND_BATCH_ADAPTER: TypeAdapter[list[Command]] = TypeAdapter(
