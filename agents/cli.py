@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from ledger_stream.errors import LedgerError
+from ledger_stream.errors import ConfigurationError, LedgerError
 from ledger_stream.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as error:
         print(f"configuration error: {_describe_settings_error(error)}", file=sys.stderr)
         return EXIT_CONFIG
-    except _CouldNotRun as error:
+    except (_CouldNotRun, ConfigurationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except LedgerError as error:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,32 @@ def test_bad_bootstrap_flag_is_named_in_the_error() -> None:
     done = run_cli("worker", "--bootstrap", "no-port-here")
     assert done.returncode == 2
     assert "LEDGER_BOOTSTRAP_SERVERS" in done.stderr
+
+
+def test_a_setting_refused_while_starting_exits_2_naming_it(
+    ledger: Settings, tmp_path: Path
+) -> None:
+    """Settings can be refused after the worker has read them (the HTTP port is taken): the
+    exit code is still 2, as for a setting refused on reading."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli(
+            "worker",
+            "--bootstrap",
+            ledger.bootstrap_servers,
+            "--data-dir",
+            str(tmp_path / "worker"),
+            "--web-port",
+            str(port),
+            "--partitions",
+            str(ledger.partitions),
+            env={"LEDGER_TOPIC_PREFIX": ledger.topic_prefix, "LEDGER_WEB_HOST": "127.0.0.1"},
+        )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"cannot serve HTTP on 127.0.0.1:{port}" in done.stderr
+    assert "LEDGER_WEB_PORT" in done.stderr
 
 
 def test_worker_retries_with_backoff_then_says_the_broker_is_unreachable() -> None:
