@@ -42,6 +42,7 @@ from ledger_stream.anomaly import AnomalyRules
 from ledger_stream.codes import Code
 from ledger_stream.core import TRANSIT
 from ledger_stream.kafka.reading import read_range, reader, true_ends
+from ledger_stream.kafka.records import OutRecord, send_records
 from ledger_stream.kafka.retry import retried, started
 from ledger_stream.kafka.security import connection_options
 from ledger_stream.messages import JournalEvent, Result, from_json, to_json
@@ -332,22 +333,26 @@ class Projector:
     async def _publish(self, folds: list[_Fold]) -> None:
         """Publish the notifications and flags of every fold of a poll, and wait for Kafka
         to have them all, before any of the folds is written."""
-        sends: list[tuple[str, int, str, bytes, int]] = []
+        sends: list[OutRecord] = []
         counted: list[tuple[Counter, str]] = []
+
+        def send(topic: str, partition: int, account: str, value: bytes, seq: int) -> None:
+            headers = [(SEQ_HEADER, str(seq).encode())] if seq else None
+            sends.append(OutRecord(topic, partition, account.encode(), value, headers))
+
         for fold in folds:
             published = self.partitions[fold.number].published
             for seq, note in fold.out.notifications:
                 if seq > published:
-                    value = to_json(note)
-                    sends.append((self.topics.notifications, fold.number, note.account, value, seq))
+                    send(self.topics.notifications, fold.number, note.account, to_json(note), seq)
                     counted.append((NOTIFIED, note.type))
             for note in fold.limits:
                 partition = partition_of(note.account, self.settings.partitions)
-                sends.append((self.topics.notifications, partition, note.account, to_json(note), 0))
+                send(self.topics.notifications, partition, note.account, to_json(note), 0)
                 counted.append((NOTIFIED, note.type))
             for seq, flag in fold.out.flags:
                 if seq > published:
-                    sends.append((self.topics.flags, fold.number, flag.account, to_json(flag), seq))
+                    send(self.topics.flags, fold.number, flag.account, to_json(flag), seq)
                     counted.append((FLAGGED, flag.rule))
         if not sends:
             return
@@ -355,15 +360,7 @@ class Projector:
         producer = self.producer
 
         async def attempt() -> None:
-            acks = []
-            for topic, partition, key, value, seq in sends:
-                headers = [(SEQ_HEADER, str(seq).encode())] if seq else []
-                acks.append(
-                    await producer.send(
-                        topic, value, key=key.encode(), partition=partition, headers=headers
-                    )
-                )
-            await asyncio.gather(*acks)
+            await send_records(producer, sends)
 
         await retried(
             attempt,
