@@ -24,11 +24,12 @@ from aiohttp import web
 from worker_harness import Workers
 
 from agents.expiry import expire_command_id
+from agents.projector import SEQ_HEADER
 from ledger_stream.client import LedgerClient
 from ledger_stream.codes import Code
 from ledger_stream.kafka.reading import read_topic
 from ledger_stream.local import WorkerProcess
-from ledger_stream.messages import Result, as_dict, from_json
+from ledger_stream.messages import JournalEvent, Result, as_dict, from_json
 from ledger_stream.notify import NOTIFICATION_ID_HEADER, SIGNATURE_HEADER, Notification, verify
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
@@ -200,28 +201,47 @@ def of(webhook: Webhook, *accounts: str) -> list[Notification]:
     return list(seen.values())
 
 
-async def on_topic(settings: Settings) -> list[tuple[int, bytes, bytes]]:
-    """Every record of the notifications topic: (partition, key, value)."""
+async def on_topic(settings: Settings) -> list[tuple[int, bytes, bytes, dict[str, bytes]]]:
+    """Every record of the notifications topic: (partition, key, value, headers)."""
     topic = TopicNames.from_settings(settings).notifications
     return [
-        (record.partition, record.key, record.value)
+        (record.partition, record.key, record.value, dict(record.headers))
         async for records in read_topic(settings.bootstrap_servers, topic)
         for record in records
     ]
 
 
+async def journal_seqs(settings: Settings) -> dict[str, int]:
+    """The seq of every journal event, by entry id."""
+    topic = TopicNames.from_settings(settings).journal
+    events = [
+        from_json(record.value, JournalEvent)
+        async for records in read_topic(settings.bootstrap_servers, topic)
+        for record in records
+    ]
+    return {event.entry_id: event.seq for event in events if event.seq is not None}
+
+
 async def assert_on_topic(settings: Settings, notes: list[Notification], webhook: Webhook) -> None:
     """Each of `notes` is on the notifications topic once, keyed by its account on its
-    account's partition, byte for byte the body the webhook took."""
+    account's partition, byte for byte the body the webhook took, with the journal seq of
+    the event that brought it in its `seq` header (how a worker taking the partition over
+    knows what was published already), none for a rejection's."""
     bodies = webhook.bodies()
     records = await on_topic(settings)
+    journal = await journal_seqs(settings)
     for note in notes:
         found = [r for r in records if from_json(r[2], Notification).id == note.id]
         assert len(found) == 1, (note.id, found)
-        partition, record_key, value = found[0]
+        partition, record_key, value, headers = found[0]
         assert record_key == note.account.encode()
         assert partition == partition_of(note.account, settings.partitions)
         assert value == bodies[note.id]
+        if note.type == "limit_reached":  # from a rejection: no journal event, no seq
+            assert SEQ_HEADER not in headers, note.id
+        else:
+            assert note.entry_id is not None, note.id
+            assert headers.get(SEQ_HEADER) == str(journal[note.entry_id]).encode(), note.id
 
 
 def details(note: Notification) -> dict[str, Any]:
@@ -522,6 +542,6 @@ async def test_every_delivery_was_signed_taken_after_two_failures_with_an_id_of_
         assert one.body == first[one.notification.id].body
 
     records = await on_topic(module_ledger)
-    on_the_topic = Counter(from_json(value, Notification).id for _, _, value in records)
+    on_the_topic = Counter(from_json(value, Notification).id for _, _, value, _ in records)
     assert set(first) <= set(on_the_topic)
     assert [i for i, count in on_the_topic.items() if count > 1] == []
