@@ -329,8 +329,12 @@ class ReadFold:
         assert self.rules is not None
         key = anomaly_key(account)
         raw = self.read(key)
-        state = None if raw is None else from_json(raw, AnomalyState)
         out = item.debit > item.credit
+        if not out:  # money in changes nothing the rules keep (`check`): nothing to rewrite
+            if raw is None:
+                self._put(key, to_json(AnomalyState()))
+            return
+        state = None if raw is None else from_json(raw, AnomalyState)
         movement = Movement(
             entry_id=event.entry_id,
             command_id=event.command_id,

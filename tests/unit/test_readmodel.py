@@ -28,7 +28,7 @@ from test_core_rules import (
 )
 from test_core_rules import partition_of as harness_partition
 
-from ledger_stream.anomaly import AnomalyRules
+from ledger_stream.anomaly import AnomalyRules, AnomalyState
 from ledger_stream.messages import AccountState, Command, JournalEvent, from_json, to_json
 from ledger_stream.readmodel import (
     HEAD_KEY,
@@ -38,6 +38,7 @@ from ledger_stream.readmodel import (
     ReadFold,
     account_key,
     alias_key,
+    anomaly_key,
     day_key,
     history_prefix,
     utc_day,
@@ -242,3 +243,31 @@ def test_an_alias_names_the_account_its_first_registration_named() -> None:
     store = folded(journals(ledger)[0], batch=1)
     assert store[alias_key("alias:amber@example.com")] == b"amber"
     assert HEAD_KEY in store
+
+
+def test_money_in_writes_an_empty_anomaly_state_once_and_leaves_one_as_it_was() -> None:
+    """Only movements out change what the anomaly rules keep: money in writes an account's
+    state only when it has none yet (empty), and otherwise writes nothing."""
+    account = ACCOUNTS[0]
+    ledger = run(
+        [
+            open_("open", account),
+            dep("in-1", account, 500),
+            wd("out", account, 200),
+            dep("in-2", account, 100),
+        ]
+    )
+    events = journals(ledger)[harness_partition(account)]
+    store: dict[str, bytes] = {}
+    written: dict[str, bytes | None] = {}
+    for event in events:
+        fold = ReadFold(store.get, AnomalyRules())
+        fold.event(event)
+        store.update(fold.out.writes)
+        written[event.command_id] = fold.out.writes.get(anomaly_key(account))
+    assert written["open"] is None  # moves no money
+    assert written["in-1"] == to_json(AnomalyState())
+    out = written["out"]
+    assert out is not None and from_json(out, AnomalyState).count_out == 1
+    assert written["in-2"] is None
+    assert store[anomaly_key(account)] == out
