@@ -51,13 +51,13 @@ class _CouldNotRun(Exception):
 
 
 def _ran(work: Coroutine[Any, Any, T], *also: type[Exception]) -> T:
-    """`asyncio.run(work)`, its broker and configuration errors (and `also`) raised as
-    `_CouldNotRun`."""
+    """`asyncio.run(work)`, Kafka out of reach (and `also`) raised as `_CouldNotRun`; a bad
+    setting is answered by `main` for every command alike."""
     import asyncio
 
-    from ledger_stream.errors import BrokerUnavailable, ConfigurationError
+    from ledger_stream.errors import BrokerUnavailable
 
-    errors: tuple[type[Exception], ...] = (BrokerUnavailable, ConfigurationError, *also)
+    errors: tuple[type[Exception], ...] = (BrokerUnavailable, *also)
     try:
         return asyncio.run(work)
     except errors as error:
