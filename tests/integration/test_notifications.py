@@ -27,9 +27,10 @@ from agents.expiry import expire_command_id
 from agents.projector import SEQ_HEADER
 from ledger_stream.client import LedgerClient
 from ledger_stream.codes import Code
+from ledger_stream.journal import read_journal
 from ledger_stream.kafka.reading import read_topic
 from ledger_stream.local import WorkerProcess
-from ledger_stream.messages import JournalEvent, Result, as_dict, from_json
+from ledger_stream.messages import Result, as_dict, from_json
 from ledger_stream.notify import NOTIFICATION_ID_HEADER, SIGNATURE_HEADER, Notification, verify
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
@@ -211,17 +212,6 @@ async def on_topic(settings: Settings) -> list[tuple[int, bytes, bytes, dict[str
     ]
 
 
-async def journal_seqs(settings: Settings) -> dict[str, int]:
-    """The seq of every journal event, by entry id."""
-    topic = TopicNames.from_settings(settings).journal
-    events = [
-        from_json(record.value, JournalEvent)
-        async for records in read_topic(settings.bootstrap_servers, topic)
-        for record in records
-    ]
-    return {event.entry_id: event.seq for event in events if event.seq is not None}
-
-
 async def assert_on_topic(settings: Settings, notes: list[Notification], webhook: Webhook) -> None:
     """Each of `notes` is on the notifications topic once, keyed by its account on its
     account's partition, byte for byte the body the webhook took, with the journal seq of
@@ -229,7 +219,9 @@ async def assert_on_topic(settings: Settings, notes: list[Notification], webhook
     knows what was published already), none for a rejection's."""
     bodies = webhook.bodies()
     records = await on_topic(settings)
-    journal = await journal_seqs(settings)
+    journal_topic = TopicNames.from_settings(settings).journal
+    events = await read_journal(settings.bootstrap_servers, journal_topic)
+    journal = {event.entry_id: event.seq for event in events}
     for note in notes:
         found = [r for r in records if from_json(r[2], Notification).id == note.id]
         assert len(found) == 1, (note.id, found)
