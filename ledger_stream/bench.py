@@ -46,7 +46,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ledger_stream.client import LedgerClient
 from ledger_stream.kafka.security import connection_options
-from ledger_stream.local import LocalLedger, start_local_ledger
+from ledger_stream.local import LocalLedger, RunDirectory, start_local_ledger
 from ledger_stream.measure import cpu_seconds, peak_rss_mib, percentiles, process_tree, rss_mib
 from ledger_stream.workload import HOT_ACCOUNTS, Transfer, Workload, opening
 
@@ -107,7 +107,8 @@ def measure_ledger(options: Options, *, batching: bool) -> dict[str, Any]:
     # Batching off: one command per record, and one record per writer batch.
     env = {} if batching else {"LEDGER_BATCH_SIZE_MAX": "1"}
     with contextlib.ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ledger-bench-")))
+        run = stack.enter_context(RunDirectory("ledger-bench-"))
+        workdir = run.path
         ledger = start_local_ledger(
             stack,
             workdir,

@@ -15,12 +15,10 @@ import contextlib
 import json
 import random
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ledger_stream.audit import audit
@@ -29,7 +27,7 @@ from ledger_stream.codes import Code
 from ledger_stream.core import TRANSIT, WORLD
 from ledger_stream.journal import Books, fold, read_journal
 from ledger_stream.kafka.security import connection_options
-from ledger_stream.local import start_local_ledger
+from ledger_stream.local import RunDirectory, start_local_ledger
 from ledger_stream.messages import Result
 from ledger_stream.money import format_amount
 from ledger_stream.partitioning import name_on
@@ -79,7 +77,8 @@ class Tally:
 def run_demo(args: argparse.Namespace) -> int:
     say = _printer(args.json)
     with contextlib.ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ledger-demo-")))
+        run = stack.enter_context(RunDirectory("ledger-demo-"))
+        workdir = run.path
         ledger = start_local_ledger(
             stack,
             workdir,
@@ -90,6 +89,7 @@ def run_demo(args: argparse.Namespace) -> int:
             say=say,
         )
         report = asyncio.run(_drive(args, ledger.settings, ledger.workers[0].url, say))
+        run.failed = not report["invariants_ok"]
     if args.json:
         print(json.dumps(report))
     return 0 if report["invariants_ok"] else 1

@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,6 +169,34 @@ class LocalLedger:
             log_path=log_path,
         )
         return worker.start()
+
+
+class RunDirectory:
+    """The working directory of a demo, bench or soak run (the broker's and workers' logs,
+    the workers' stores): removed when the run ends well, kept and named when it raises or
+    is marked `failed`, so what went wrong can be read. An interrupted run (Ctrl-C,
+    SIGTERM) keeps it only with `keep_interrupted`: a soak stopped by hand is most often
+    one that stopped answering."""
+
+    def __init__(self, prefix: str, *, keep_interrupted: bool = False) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix=prefix))
+        self.failed = False
+        self.keep_interrupted = keep_interrupted
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        interrupted = kind is not None and issubclass(kind, KeyboardInterrupt)
+        if not self.failed and (kind is None or (interrupted and not self.keep_interrupted)):
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            logger.warning("kept %s: this run's logs and stores, to see what went wrong", self.path)
 
 
 def start_local_ledger(

@@ -19,20 +19,18 @@ import os
 import random
 import shutil
 import signal
-import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ledger_stream.audit import audit
 from ledger_stream.client import LedgerClient
 from ledger_stream.errors import ResultTimeout, SendFailed
 from ledger_stream.kafka.security import connection_options
-from ledger_stream.local import LocalLedger, WorkerProcess, start_local_ledger
+from ledger_stream.local import LocalLedger, RunDirectory, WorkerProcess, start_local_ledger
 from ledger_stream.messages import COMMAND_ADAPTER, Result
 
 ACCOUNTS = 200
@@ -59,7 +57,8 @@ def run_soak(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     say(f"soak: {args.minutes} min, seed {seed} (--seed {seed} replays the fault schedule)")
     with contextlib.ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ledger-soak-")))
+        run = stack.enter_context(RunDirectory("ledger-soak-", keep_interrupted=True))
+        workdir = run.path
         ledger = start_local_ledger(
             stack,
             workdir,
@@ -70,12 +69,14 @@ def run_soak(args: argparse.Namespace) -> int:
             say=say,
         )
         report = asyncio.run(_soak(ledger, args.minutes * 60, random.Random(seed), say))
+        ok = report["audit_ok"] and not report["unanswered"]
+        run.failed = not ok
     report["seed"] = seed
     if args.json:
         print(json.dumps(report))
     else:
         say(json.dumps(report, indent=2))
-    return 0 if report["audit_ok"] and not report["unanswered"] else 1
+    return 0 if ok else 1
 
 
 async def _soak(
