@@ -26,8 +26,8 @@ The rules (`AnomalyRules`, from JSON in `LEDGER_ANOMALY_RULES`):
 ...     amount=120_000, direction="out", kind="transfer", timestamp_ms=6 * 60_000))
 >>> [(flag.id, flag.reason) for flag in flags]
 [('e6:large_amount', '120000 is 24.0 times the median 5000 of the last 6 payments out')]
->>> state.amounts_out
-[5000, 5000, 5000, 5000, 5000, 5000, 120000]
+>>> state.amounts_out, state.paid
+([5000, 5000, 5000, 5000, 5000, 5000, 120000], 'bob')
 """
 
 from __future__ import annotations
@@ -174,8 +174,10 @@ class AnomalyState(WriterMessage, frozen=True):
     """What the rules remember of one account, kept by the projector on every movement out,
     so it holds only what the rules need, each list bounded by its rule.
 
-    `counterparties` keeps the most recently paid (at most `counterparties_max`): a
-    counterparty forgotten since may be flagged as new again.
+    `paid` keeps the most recently paid (at most `counterparties_max`): a counterparty
+    forgotten since may be flagged as new again. It is one string, because the projector
+    reads, rebuilds and writes the state at every payment out: with a thousand names that
+    cost about 65 µs as a list of strings and 30 as one string (12 and 8 with a hundred).
     """
 
     amounts_out: Annotated[
@@ -191,11 +193,21 @@ class AnomalyState(WriterMessage, frozen=True):
     in_burst: Annotated[
         bool, Meta(description="The last movement out was part of a burst (flagged as it began)")
     ] = False
+    paid: Annotated[
+        str,
+        Meta(
+            description="Accounts paid, least recently paid first, separated by spaces "
+            "(counterparties_max)"
+        ),
+    ] = ""
+    count_out: Annotated[int, Meta(ge=0, description="Movements out so far")] = 0
     counterparties: Annotated[
         list[str],
-        Meta(description="Accounts paid, least recently paid first (counterparties_max)"),
+        Meta(
+            description="Read models written before `paid`: the same accounts as a list; the "
+            "account's next movement out writes them as `paid`"
+        ),
     ] = msgspec.field(default_factory=list)
-    count_out: Annotated[int, Meta(ge=0, description="Movements out so far")] = 0
 
 
 class Flag(WriterMessage, frozen=True):
@@ -227,12 +239,14 @@ def check(
 
     in_window = _times_in_window(rules.burst, before.times_out_ms, movement.timestamp_ms)
     count = len(in_window) + 1
+    paid = before.paid or " ".join(before.counterparties)
+    at = -1 if movement.counterparty is None else _find(paid, movement.counterparty)
     flags = [
         flag
         for flag in (
             _large_amount(rules.large_amount, before, movement),
             _burst(rules.burst, before, movement, count),
-            _new_counterparty(rules.new_counterparty, before, movement),
+            _new_counterparty(rules.new_counterparty, before, movement, at >= 0),
         )
         if flag is not None
     ]
@@ -240,12 +254,11 @@ def check(
         amounts_out=_latest([*before.amounts_out, movement.amount], rules.large_amount.window),
         times_out_ms=_latest([*in_window, movement.timestamp_ms], rules.burst.count_max),
         in_burst=count > rules.burst.count_max,
-        counterparties=_paid(rules.new_counterparty, before.counterparties, movement.counterparty),
+        paid=_paid(rules.new_counterparty, paid, movement.counterparty, at),
         count_out=before.count_out + 1,
     )
     assert len(after.amounts_out) <= rules.large_amount.window
     assert len(after.times_out_ms) <= rules.burst.count_max
-    assert len(after.counterparties) <= rules.new_counterparty.counterparties_max
     return after, flags
 
 
@@ -285,13 +298,13 @@ def _burst(rule: BurstRule, state: AnomalyState, movement: Movement, count: int)
 
 
 def _new_counterparty(
-    rule: NewCounterpartyRule, state: AnomalyState, movement: Movement
+    rule: NewCounterpartyRule, state: AnomalyState, movement: Movement, known: bool
 ) -> Flag | None:
     counterparty = movement.counterparty
     if (
         not rule.enabled
         or counterparty is None
-        or counterparty in state.counterparties
+        or known
         or state.count_out < rule.history_min
         or movement.amount < rule.amount_min
     ):
@@ -327,11 +340,30 @@ def _times_in_window(rule: BurstRule, times_ms: list[int], timestamp_ms: int) ->
     return [t for t in times_ms if abs(timestamp_ms - t) < window_ms]
 
 
-def _paid(rule: NewCounterpartyRule, counterparties: list[str], paid: str | None) -> list[str]:
-    """`counterparties` with `paid` moved to the end (the most recently paid)."""
-    if paid is None:
-        return _latest(counterparties, rule.counterparties_max)
-    return _latest([c for c in counterparties if c != paid] + [paid], rule.counterparties_max)
+def _find(paid: str, counterparty: str) -> int:
+    """Where `counterparty` starts in `paid`, or -1. Account names hold no spaces
+    (`IDENTIFIER_CHARS`); one paid last time too is found without a scan."""
+    assert " " not in counterparty, counterparty
+    if paid == counterparty or paid.endswith(f" {counterparty}"):
+        return len(paid) - len(counterparty)
+    if paid.startswith(f"{counterparty} "):
+        return 0
+    at = paid.find(f" {counterparty} ")
+    return at + 1 if at >= 0 else -1
+
+
+def _paid(rule: NewCounterpartyRule, paid: str, counterparty: str | None, at: int) -> str:
+    """`paid` with `counterparty` (found at `at`, or -1) moved to the end (the most recently
+    paid), and no more than `counterparties_max` of them."""
+    if counterparty is not None and at < 0:
+        paid = f"{paid} {counterparty}" if paid else counterparty
+    elif counterparty is not None and at + len(counterparty) < len(paid):  # not last already
+        paid = f"{paid[:at]}{paid[at + len(counterparty) + 1 :]} {counterparty}"
+    # At most one name a character and a space: count them only when there may be too many.
+    if len(paid) < 2 * rule.counterparties_max:
+        return paid
+    extra = paid.count(" ") + 1 - rule.counterparties_max
+    return paid.split(" ", extra)[-1] if extra > 0 else paid
 
 
 def _latest(items: list[T], count_max: int) -> list[T]:
