@@ -27,6 +27,9 @@ _METADATA_API_KEY = 3
 _METADATA_API_VERSION = 1
 _CLIENT_ID = b"ledger-stream-probe"
 _LOG_TAIL_BYTES = 4000
+# The cluster id the embedded broker is started with, so a worker can tell it from a Kafka
+# (its DeleteRecords is not implemented: the request panics a broker thread).
+CLUSTER_ID = "ledger-stream-embedded"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -124,6 +127,8 @@ class EmbeddedBroker:
         return [
             binary,
             "broker",
+            "--cluster-id",
+            CLUSTER_ID,
             "--listener-url",
             self.url,
             "--advertised-listener-url",

@@ -1,6 +1,6 @@
 """The state log has no gaps, so a reader that meets one (the log's start deleted after a
 snapshot while it was behind) stops rather than go on from the new start. Deleting records
-cannot be done on the embedded broker (it refuses DeleteRecords), so the records a reader
+cannot be done on the embedded broker (it has no DeleteRecords), so the records a reader
 gets are given here, and the store is a real one.
 """
 
