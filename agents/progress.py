@@ -21,7 +21,10 @@ STALLED = Gauge(
 LAG = Gauge(
     "ledger_input_lag_records", "Input records not yet acknowledged", ["topic", "partition"]
 )
-OWNED = Gauge("ledger_worker_partitions", "Input partitions this worker is assigned")
+OWNED = Gauge(
+    "ledger_worker_partitions",
+    "Input partitions this worker is assigned (none from the start of a rebalance to its end)",
+)
 WATCH_INTERVAL_S = 1.0
 
 
@@ -33,6 +36,12 @@ class Progress:
         self.warned_at: dict[TopicPartition, float] = {}
         self.unassigned_since: float | None = time.monotonic()
         self.unassigned_warned_at = float("-inf")
+        # As the rebalance listener says: the consumer's own assignment keeps the partitions
+        # revoked at the start of a rebalance until the next assignment arrives.
+        self.owned: set[TopicPartition] = set()
+
+    def assigned(self, tps: set[TopicPartition]) -> None:
+        self.owned |= tps
 
     def acknowledged(self, tp: TopicPartition, next_offset: int) -> None:
         self.acked[tp] = next_offset
@@ -41,6 +50,7 @@ class Progress:
     def forget(self, tp: TopicPartition) -> None:
         """Stop watching a partition given up, and stop exporting its series: its new owner
         exports them (a last value left here would be drawn beside the owner's for good)."""
+        self.owned.discard(tp)
         for table in (self.acked, self.moved_at, self.warned_at):
             table.pop(tp, None)
         for gauge in (STALLED, LAG):
@@ -51,7 +61,7 @@ class Progress:
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
             assigned = consumer.assignment()
-            self._look_at_assignment(len(assigned), time.monotonic())
+            self._look_at_assignment(time.monotonic())
             for tp, acked in list(self.acked.items()):
                 highwater = consumer.highwater(tp) if tp in assigned else None
                 if highwater is not None:
@@ -74,11 +84,11 @@ class Progress:
                 idle_s,
             )
 
-    def _look_at_assignment(self, assigned: int, now: float) -> None:
+    def _look_at_assignment(self, now: float) -> None:
         """A worker with no partitions for long is idle by design (more workers than
         partitions) or waiting on a rebalance that does not finish: say so, either way."""
-        OWNED.set(assigned)
-        if assigned:
+        OWNED.set(len(self.owned))
+        if self.owned:
             self.unassigned_since = None
             return
         if self.unassigned_since is None:

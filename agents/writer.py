@@ -257,6 +257,7 @@ class Writer:
 
     async def acquire(self, assigned: set[TopicPartition]) -> None:
         """Restore and claim each newly assigned partition before deciding anything of it."""
+        self.progress.assigned(assigned)
         async with self.lock:
             numbers = sorted({tp.partition for tp in assigned})
             for number in numbers:
