@@ -484,10 +484,10 @@ class Writer:
         if self.trim_refused:
             return
         try:
-            if self.admin is None:
+            if self.admin is None:  # the first trim: asks the broker's cluster id once
                 self.admin = await connected_admin(self.settings)
-            if (await self.admin.describe_cluster())["cluster_id"] == EMBEDDED_CLUSTER_ID:
-                raise KafkaError("the embedded broker cannot delete records")
+                if (await self.admin.describe_cluster())["cluster_id"] == EMBEDDED_CLUSTER_ID:
+                    raise KafkaError("the embedded broker cannot delete records")
             tp = TopicPartition(self.topics.state, number)
             await self.admin.delete_records({tp: RecordsToDelete(before)})
         except Exception as error:
