@@ -222,28 +222,39 @@ class PartitionLog:
         between_records: Callable[[], Awaitable[None]],
     ) -> SnapshotFigures:
         """Between batches: first hand the outcomes that `compact(key, outcome)` makes
-        compact (it gives their compact form, or None to keep one whole) to `archive`,
-        which returns once they are stored; then write the accounts and the whole outcomes
-        to the log as of its end, in records of about `SNAPSHOT_RECORD_BYTES`, and an empty
-        `last` record that completes the snapshot. Compact outcomes replace the whole ones
-        locally too."""
+        compact (it gives their compact form, or None to keep one whole) to `archive`, which
+        returns once they are stored, and replace them locally with their compact form; then
+        write the accounts and the whole outcomes to the log as of its end, in records of
+        about `SNAPSHOT_RECORD_BYTES`, and an empty `last` record that completes the
+        snapshot. Both steps go about `SNAPSHOT_RECORD_BYTES` at a time, so what the
+        snapshot holds in memory does not grow with the partition."""
         previous = self.store.snapshot
         figures = SnapshotFigures()
+
+        async def make_compact(archived: dict[str, bytes]) -> None:
+            # In the archive first, so a compact outcome is never only local. The position
+            # does not move: a crash that loses this local write loses nothing.
+            await archive(self.partition, archived)
+            self.store.apply(Changes({}, {}, compact=archived), self.store.position)
+
         archived: dict[str, bytes] = {}
-        whole: dict[str, bytes] = {}
+        pending = 0
         for key, value in self.store.items("outcomes"):
             smaller = compact(key, value)
             if smaller is None:
-                whole[key] = value
-            else:
-                archived[key] = smaller
-        figures.archived, figures.archived_bytes = len(archived), sum(map(len, archived.values()))
-        figures.outcomes, figures.outcome_bytes = len(whole), sum(map(len, whole.values()))
+                continue
+            archived[key] = smaller
+            figures.archived += 1
+            figures.archived_bytes += len(smaller)
+            pending += len(key) + len(smaller)
+            if pending >= SNAPSHOT_RECORD_BYTES:
+                await make_compact(archived)
+                archived, pending = {}, 0
         if archived:
-            await archive(self.partition, archived)
+            await make_compact(archived)
         base: int | None = None
 
-        async def write(changes: Changes, local: Changes, last: bool = False) -> None:
+        async def write(changes: Changes, local: Changes | None = None, last: bool = False) -> None:
             nonlocal base
 
             def at(expect: int) -> bytes:
@@ -254,29 +265,30 @@ class PartitionLog:
                     marks["snapshot"] = previous.base
                 return encode("snapshot", expect, self.writer, changes, marks)
 
-            landed, size = await self._land(at, local)
+            landed, size = await self._land(at, local or Changes({}, {}))
             base = landed if base is None else base
             figures.records += 1
             figures.size_bytes += size
 
-        changes = Changes({}, {}, self.store.head)
-        local = Changes({}, {}, compact=archived)  # applied with the first record
-        pending = 0
+        changes, pending = Changes({}, {}, self.store.head), 0
         for table, key, value in chain(
             (("accounts", key, value) for key, value in self.store.items("accounts")),
-            (("outcomes", key, value) for key, value in whole.items()),
+            (("outcomes", key, value) for key, value in self.store.items("outcomes")),
         ):
             getattr(changes, table)[key] = value
             if table == "accounts":
                 figures.accounts += 1
                 figures.account_bytes += len(value)
+            else:
+                figures.outcomes += 1
+                figures.outcome_bytes += len(value)
             pending += len(key) + len(value) + 4
             if pending >= SNAPSHOT_RECORD_BYTES:
-                await write(changes, local)
+                await write(changes)
                 await between_records()
-                changes, local, pending = Changes({}, {}), Changes({}, {}), 0
+                changes, pending = Changes({}, {}), 0
         if changes.accounts or changes.outcomes or changes.head is not None:
-            await write(changes, local)
+            await write(changes)
             await between_records()
         assert base is not None
         figures.base = base

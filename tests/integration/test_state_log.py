@@ -450,6 +450,45 @@ async def test_an_empty_store_restores_from_the_latest_snapshot_with_its_compact
     assert position.next_offset == 8  # after its own claim at 7
 
 
+async def test_a_snapshot_archives_a_part_at_a_time_and_makes_a_part_compact_once_stored(
+    ledger: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot does not hold a partition's outcomes in memory: it archives them about
+    `SNAPSHOT_RECORD_BYTES` at a time, and a part is compact locally only once stored."""
+    monkeypatch.setattr("ledger_stream.state.log.SNAPSHOT_RECORD_BYTES", 1)  # an outcome a part
+    store_dir = tmp_path / "store"
+    commits = [commit_of(seq, "alice") for seq in range(1, 6)]
+    parts: list[list[str]] = []
+    async with state_writer(ledger, store_dir, "writer-a") as (log, appender):
+
+        async def archive_then_crash(partition: int, compact: dict[str, bytes]) -> None:
+            parts.append(sorted(compact))
+            if len(parts) == 2:
+                raise Crash  # before the second part is stored
+            await appender.archive(partition, compact)
+
+        await log.restore()
+        for commit in commits:
+            await log.commit(commit)
+        with pytest.raises(Crash):
+            await log.snapshot(compact_odd, archive_then_crash, between_records)
+        assert parts == [["cmd:1"], ["cmd:3"]]
+        assert held(log.store)[1] == {
+            "cmd:1": b'{"fingerprint":"c1"}',  # stored: compact
+            **{f"cmd:{seq}": b'{"fingerprint":"f%d"}' % seq for seq in range(2, 6)},
+        }
+        figures = await log.snapshot(compact_odd, appender.archive, between_records)
+        live = held(log.store)
+    assert (figures.outcomes, figures.archived) == (2, 2)  # cmd:1 was compact already
+    assert live[1] == {
+        f"cmd:{seq}": b'{"fingerprint":"%s%d"}' % (b"c" if seq % 2 else b"f", seq)
+        for seq in range(1, 6)
+    }
+    shutil.rmtree(store_dir)
+    state, _ = await restored(ledger, store_dir)
+    assert state == live
+
+
 async def test_a_snapshot_cut_short_is_ignored_and_a_restore_starts_at_the_one_before(
     ledger: Settings,
     tmp_path: Path,
