@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 from aiokafka.errors import KafkaError
+from prometheus_client import Gauge
 
 from agents import openapi
 from agents.api import Api
@@ -27,6 +28,7 @@ from ledger_stream.errors import BrokerUnavailable, ConfigurationError
 from ledger_stream.kafka.security import connection_options
 from ledger_stream.logs import fold_repeats
 from ledger_stream.settings import Settings
+from ledger_stream.state.store import memory
 from ledger_stream.topics import ensure_topics
 
 logger = logging.getLogger(__name__)
@@ -36,6 +38,12 @@ logger = logging.getLogger(__name__)
 HTTP_COMMAND_TIMEOUT_S = 120.0
 HTTP_THREAD_TIMEOUT_S = 30.0
 HTTP_SWITCH_INTERVAL_S = 0.001
+ROCKSDB_MEMORY = Gauge(
+    "ledger_rocksdb_memory_bytes",
+    "RocksDB memory of the worker's stores: `cache` is the block cache with the memtables "
+    "charged to it (at most LEDGER_ROCKSDB_MEMORY_MIB), `memtables` the memtables alone",
+    ["kind"],
+)
 
 
 def run_worker(settings: Settings) -> None:
@@ -46,6 +54,9 @@ def run_worker(settings: Settings) -> None:
 
 async def _serve(settings: Settings) -> None:
     await ensure_topics(settings)
+    budget = memory(settings.rocksdb_memory_mib * 1024 * 1024)
+    ROCKSDB_MEMORY.labels("cache").set_function(budget.cache.get_usage)
+    ROCKSDB_MEMORY.labels("memtables").set_function(budget.memtables.get_usage)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

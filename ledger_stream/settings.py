@@ -183,6 +183,14 @@ class Settings(BaseSettings):
         "starts at the latest snapshot; the log before the one before it is deleted where the "
         "broker allows (Apache Kafka; the embedded broker keeps it)",
     )
+    rocksdb_memory_mib: int = Field(
+        default=256,
+        ge=16,
+        le=1024 * 1024,
+        description="RocksDB memory of all of a worker's stores together, whatever the number "
+        "of partitions it owns: one block cache, which the memtables (up to half) are charged "
+        "to",
+    )
     default_limits: AccountLimits | None = Field(
         default=None,
         description="Limits of an account opened without any, as JSON: "

@@ -14,12 +14,11 @@ from pathlib import Path
 import rocksdict
 
 from ledger_stream.state import closing
-from ledger_stream.state.store import IDENTITY_KEY, open_tagged
+from ledger_stream.state.store import IDENTITY_KEY, MEMTABLE_BYTES, open_tagged
 
 logger = logging.getLogger(__name__)
 
 _POSITION = b"m|offset|"  # + topic: the next offset to fold
-MEMTABLE_BYTES = 8 * 1024 * 1024
 META_PREFIX = "m|"
 
 

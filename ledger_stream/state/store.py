@@ -31,6 +31,39 @@ _HEAD = b"m:head"
 _SNAPSHOT = b"m:snapshot"
 IDENTITY_KEY = b"m:identity"
 MEMTABLE_BYTES = 8 * 1024 * 1024
+MEMORY_BYTES_DEFAULT = 256 * 1024 * 1024
+
+
+class Memory:
+    """One memory budget for every RocksDB store a process opens, as Kafka Streams bounds
+    its stores': one block cache of `budget_bytes`, which the memtables (up to half of it)
+    are charged to. Without it each store has a cache of its own (32 MiB) and memtables of
+    its own, so a worker's memory grows with its partitions, a read store each as well."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self.cache = rocksdict.Cache(budget_bytes)
+        self.memtables = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
+            budget_bytes // 2, False, self.cache
+        )
+
+    def apply(self, options: rocksdict.Options, table: rocksdict.BlockBasedOptions) -> None:
+        table.set_block_cache(self.cache)
+        options.set_block_based_table_factory(table)
+        options.set_write_buffer_manager(self.memtables)
+
+
+_memory: Memory | None = None
+
+
+def memory(budget_bytes: int | None = None) -> Memory:
+    """The process's RocksDB memory budget: set by the first call that names one (the
+    worker's, from `LEDGER_ROCKSDB_MEMORY_MIB`), else the default. Stores opened before a
+    change keep the budget they were opened with."""
+    global _memory
+    if _memory is None or (budget_bytes is not None and budget_bytes != _memory.budget_bytes):
+        _memory = Memory(budget_bytes or MEMORY_BYTES_DEFAULT)
+    return _memory
 
 
 def digest(value: bytes) -> str:
@@ -74,10 +107,16 @@ class Changes:
 
 
 def open_tagged(
-    path: Path, identity: str, options: rocksdict.Options, then: str
+    path: Path,
+    identity: str,
+    options: rocksdict.Options,
+    then: str,
+    table: rocksdict.BlockBasedOptions | None = None,
 ) -> rocksdict.Rdict:
-    """The RocksDB at `path`, tagged with `identity` (which ledger it mirrors); one tagged
-    otherwise is deleted, with a warning ending in `then`, and opened anew."""
+    """The RocksDB at `path`, within the process's `memory()`, tagged with `identity` (which
+    ledger it mirrors); one tagged otherwise is deleted, with a warning ending in `then`, and
+    opened anew."""
+    memory().apply(options, table or rocksdict.BlockBasedOptions())
     path.parent.mkdir(parents=True, exist_ok=True)
     db = rocksdict.Rdict(str(path), options=options)
     found = db.get(IDENTITY_KEY)
@@ -111,8 +150,9 @@ class PartitionStore:
         # without reading the tables' index blocks.
         table = rocksdict.BlockBasedOptions()
         table.set_bloom_filter(10, False)
-        options.set_block_based_table_factory(table)
-        db = open_tagged(self.path, self.identity, options, "rebuilding it from the state log")
+        db = open_tagged(
+            self.path, self.identity, options, "rebuilding it from the state log", table
+        )
         # No write-ahead log, as Kafka Streams does for its stores: the state log is the
         # record. A crash loses what the memtables held, position included (one write batch
         # is one memtable write), so the store is some earlier prefix of the log and
