@@ -45,7 +45,6 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from prometheus_client import Counter, Gauge, Histogram
 
-import ledger_stream.kafka.group  # noqa: F401  (leave the group properly on the embedded broker)
 from agents.expiry import Deadlines, expire_command, pending_deadline
 from agents.freshness import Freshness
 from agents.progress import Progress
@@ -60,6 +59,7 @@ from ledger_stream.core import (
 from ledger_stream.errors import LedgerError
 from ledger_stream.faults import Faults
 from ledger_stream.intake import DeadLetter, Record, read_record
+from ledger_stream.kafka import group  # leave the group properly on the embedded broker
 from ledger_stream.kafka.broker import CLUSTER_ID as EMBEDDED_CLUSTER_ID
 from ledger_stream.kafka.reading import reader
 from ledger_stream.kafka.records import OutRecord, send_records
@@ -186,6 +186,7 @@ class Writer:
         self.consumer: AIOKafkaConsumer | None = None
         self.reader: AIOKafkaConsumer | None = None
         self.admin: AIOKafkaAdminClient | None = None  # deletes state log before snapshots
+        self.embedded = False  # on the embedded broker (as its cluster id says)
         self.trim_refused = False
         self.latest_ms: dict[int, int] = {}  # newest record time seen, by partition
         self.overlays: dict[int, _Overlay] = {}  # decoded state kept, by partition
@@ -212,6 +213,9 @@ class Writer:
             **security,
         )
         self.reader = reader(settings.bootstrap_servers, **security)
+        self.admin = await connected_admin(settings)
+        self.embedded = (await self.admin.describe_cluster())["cluster_id"] == EMBEDDED_CLUSTER_ID
+        group.leader_leaves = not self.embedded
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
             group_id=settings.app_id,
@@ -484,10 +488,9 @@ class Writer:
         if self.trim_refused:
             return
         try:
-            if self.admin is None:  # the first trim: asks the broker's cluster id once
-                self.admin = await connected_admin(self.settings)
-                if (await self.admin.describe_cluster())["cluster_id"] == EMBEDDED_CLUSTER_ID:
-                    raise KafkaError("the embedded broker cannot delete records")
+            if self.embedded:
+                raise KafkaError("the embedded broker cannot delete records")
+            assert self.admin is not None
             tp = TopicPartition(self.topics.state, number)
             await self.admin.delete_records({tp: RecordsToDelete(before)})
         except Exception as error:
