@@ -182,6 +182,9 @@ async def test_counters_move_by_exactly_what_a_load_sent(
     # all of them (this worker folds every partition), nothing once every transfer is done.
     assert after.by(TRANSIT, "partition", "currency") == load.transit
     assert after.value(TRANSIT) == 0
+    # RocksDB: every store's memtables, charged to the one cache of the worker's budget.
+    memory = after.by("ledger_rocksdb_memory_bytes", "kind")
+    assert 0 < memory[("memtables",)] <= memory[("cache",)] <= 256 * 1024 * 1024
 
 
 async def test_a_restore_shows_the_records_it_read_and_the_transit_balances_survive(
