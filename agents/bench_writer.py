@@ -121,6 +121,7 @@ async def _run(
                 writer.topics.outcomes,
             )
             writer.overlays[number] = _Overlay(store)
+            writer.freshness.claimed(number, 0)
         feed = _Feed(writer)
         workload = Workload(
             accounts=accounts, partitions=partitions, cross=cross, hot=hot, seed=seed

@@ -11,42 +11,47 @@ account nobody is writing waits for nothing.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable
 
 from ledger_stream.messages import JournalEvent
 from ledger_stream.readmodel import accounts_of
 
-# Accounts noted per partition before the ones already folded are dropped.
-TOUCHED_KEPT_MAX = 10_000
+# Slots per partition for the last seq of its accounts. Accounts share a slot by hash; a read
+# of one waits for the last event of any account in its slot, never less than its own. A
+# fixed table: a dict of every account written since the read models last folded grew with
+# their backlog, to 780,000 entries and about 100 MiB in seven minutes with a million
+# accounts and read models behind.
+SLOTS = 1 << 16
+_SLOT = SLOTS - 1
 
 
 class Freshness:
     def __init__(self) -> None:
-        self.touched: dict[int, dict[str, int]] = {}
+        self.last: dict[int, array[int]] = {}
         self.floor: dict[int, int] = {}
 
     def claimed(self, partition: int, head_seq: int) -> None:
         self.floor[partition] = head_seq
-        self.touched[partition] = {}
+        self.last[partition] = array("q", bytes(8 * SLOTS))
 
     def released(self, partition: int) -> None:
         self.floor.pop(partition, None)
-        self.touched.pop(partition, None)
+        self.last.pop(partition, None)
 
     def wrote(self, partition: int, events: Iterable[JournalEvent]) -> None:
-        touched = self.touched.setdefault(partition, {})
+        last = self.last.get(partition)
+        if last is None:
+            return  # not claimed (yet or any more): reads of it are not answered here
         for event in events:
             assert event.seq is not None
             for account in accounts_of(event):  # a repeat re-sends older events: keep the max
-                touched[account] = max(event.seq, touched.get(account, 0))
+                slot = hash(account) & _SLOT
+                if event.seq > last[slot]:
+                    last[slot] = event.seq
 
     def needed(self, partition: int, account: str) -> int:
         """The seq the read models of `partition` must have folded for a read of `account`."""
-        touched = self.touched.get(partition, {}).get(account, 0)
-        return max(self.floor.get(partition, 0), touched)
-
-    def folded(self, partition: int, seq: int) -> None:
-        """Forget what the read models have folded, once there is much of it."""
-        touched = self.touched.get(partition)
-        if touched is not None and len(touched) > TOUCHED_KEPT_MAX:
-            self.touched[partition] = {a: s for a, s in touched.items() if s > seq}
+        last = self.last.get(partition)
+        own = 0 if last is None else last[hash(account) & _SLOT]
+        return max(self.floor.get(partition, 0), own)

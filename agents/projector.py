@@ -328,7 +328,6 @@ class Projector:
         FOLDED.inc(fold.out.folded)
         followed.head = fold.head
         followed.published = max(followed.published, fold.head)
-        self.freshness.folded(fold.number, followed.head)
 
     async def _publish(self, folds: list[_Fold]) -> None:
         """Publish the notifications and flags of every fold of a poll, and wait for Kafka
