@@ -49,6 +49,11 @@ class Memory:
 
     def apply(self, options: rocksdict.Options, table: rocksdict.BlockBasedOptions) -> None:
         table.set_block_cache(self.cache)
+        # Index and filter blocks in the cache too, as Kafka Streams' bounded config has them:
+        # held outside it, they grow with the keys stored (a bloom filter's 10 bits for each
+        # command id ever answered), without bound. The newest tables' stay pinned there.
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
         options.set_block_based_table_factory(table)
         options.set_write_buffer_manager(self.memtables)
 

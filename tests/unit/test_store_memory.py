@@ -45,3 +45,24 @@ def test_the_first_budget_named_holds_until_another_is(
     named = memory(BUDGET)
     assert memory() is named and memory(BUDGET) is named
     assert memory(2 * BUDGET).budget_bytes == 2 * BUDGET
+
+
+def test_index_and_filter_blocks_are_held_in_the_budget_not_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bloom filter holds about 10 bits for each key stored: outside the cache (RocksDB's
+    default) a store's memory grows with every command id it has answered."""
+    monkeypatch.setattr(store_module, "_memory", None)
+    memory(BUDGET)
+    store = PartitionStore(tmp_path / "partition-0", "ledger")
+    try:
+        for part in range(6):  # 300,000 compact outcomes, a bloom filter of about 370 KB
+            compact = {f"command-{part}-{i}": b"{}" for i in range(50_000)}
+            store.apply(Changes({}, {}, compact=compact), Position(part + 1, "d"))
+        store.db.flush()
+        assert store.outcome("command-5-49999") == (b"{}", True)
+        assert store.outcome("command-never-seen") is None
+        outside = store.db.property_int_value("rocksdb.estimate-table-readers-mem")
+        assert outside is not None and outside < 64 * 1024
+    finally:
+        store.close()
