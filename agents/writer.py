@@ -153,9 +153,11 @@ EXIT_BROKER_GONE = 75  # EX_TEMPFAIL
 EXIT_FENCED = 76  # another writer owns a partition this one was writing
 
 COMMIT_INPUTS_MAX = 5000  # inputs decided into one state record, before any size check
-# Decoded state a writer keeps per partition between batches (`_Overlay`): the accounts it
-# decides again, and the outcomes of transfers whose legs come back within seconds.
-ACCOUNTS_KEPT_MAX = 50_000
+# Decoded state a writer keeps between batches (`_Overlay`): the accounts it decides again,
+# up to this many in all, shared evenly by the partitions it owns (a bound per partition let
+# a worker's memory grow with its partitions), and per partition the outcomes of transfers
+# whose legs come back within seconds.
+ACCOUNTS_KEPT_MAX = 400_000
 OUTCOMES_KEPT_MAX = 20_000
 
 
@@ -380,7 +382,7 @@ class Writer:
                 letters.results.extend(read.dead_letter.replies)
         BATCH_SIZE.observe(len(inputs))
         overlay = self.overlays[number]
-        overlay.trim()
+        overlay.trim(ACCOUNTS_KEPT_MAX // len(self.overlays))
         pieces: list[Piece] = []
         start, size = 0, COMMIT_INPUTS_MAX
         deciding_s = 0.0
@@ -633,11 +635,11 @@ class _Overlay:
         self.outcomes.update(decision.outcomes)
         self.head = decision.head
 
-    def trim(self) -> None:
+    def trim(self, accounts_max: int) -> None:
         """Between batches, when all it holds is stored: keep the outcomes of transfers that
         wait for their legs (the others are answered, and seldom asked for again), and
         start afresh past a bound."""
-        if len(self.accounts) > ACCOUNTS_KEPT_MAX:
+        if len(self.accounts) > accounts_max:
             self.accounts.clear()
         waiting: dict[str, Outcome | None] = {
             k: o for k, o in self.outcomes.items() if o is not None and o.result is None
