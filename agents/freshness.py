@@ -2,9 +2,10 @@
 before a read of an account is answered.
 
 The writer notes, as it decides, the journal `seq` of the last event that touched each
-account; when it claims a partition, the head of the chain it restored (events a previous
-owner may have answered but the read models here have not folded). A read of an account
-waits until its partition's read models have folded at least the greater of the two. So a
+account (in a slot it may share with other accounts, so at least that seq); when it claims a
+partition, the head of the chain it restored (events a previous owner may have answered but
+the read models here have not folded). A read of an account waits until its partition's
+read models have folded at least the greater of the two. So a
 read made after a command's result was returned shows that command, and a read of an
 account nobody is writing waits for nothing.
 """
