@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import gc
 import logging
 import os
@@ -169,6 +170,10 @@ class Piece:
     outbox: Outbox
 
 
+class _Moved(Exception):
+    """The partition a snapshot was being written for has moved to another worker."""
+
+
 class Writer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -191,6 +196,7 @@ class Writer:
         self.embedded = False  # on the embedded broker (as its cluster id says)
         self.trim_refused = False
         self.latest_ms: dict[int, int] = {}  # newest record time seen, by partition
+        self.snapshotting: asyncio.Task[None] | None = None  # the snapshot under way
         self.overlays: dict[int, _Overlay] = {}  # decoded state kept, by partition
         self.deadlines = Deadlines()  # of the pending holds of the partitions written here
         self.freshness = Freshness()  # what the read models must show (read-your-writes)
@@ -253,6 +259,10 @@ class Writer:
         finally:
             watcher.cancel()
             timer.cancel()
+            if self.snapshotting is not None:  # left unfinished, so never named
+                self.snapshotting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.snapshotting
             await self.consumer.stop()  # leaves the group: the partitions move at once
             await self.reader.stop()
             await self.producer.stop()
@@ -353,7 +363,7 @@ class Writer:
         await self._send_outputs(outbox)
         await self.faults.passed("outputs-sent")
         await self._acknowledge(owned)
-        await self._snapshot_where_due(sorted(decided))
+        self._snapshot_where_due(sorted(decided))
         BATCH_SECONDS.observe(time.perf_counter() - started)
         _count_results(outbox)
         # Every new journal event takes the next seq of its partition (`core`, `stamp`).
@@ -450,32 +460,62 @@ class Writer:
             stop_worker(EXIT_FENCED, f"{error}; stopping without sending this batch's outputs")
         await self.faults.passed("committed")
 
-    async def _snapshot_where_due(self, numbers: list[int]) -> None:
-        """Step 7: snapshot the partition whose state log has grown the most past its due
-        size since its last snapshot, then delete the log before the snapshot before it. One
-        partition a batch: a snapshot stops the worker while it is written (seconds, for a
-        hundred thousand accounts), and the others' turns come between batches."""
+    def _snapshot_where_due(self, numbers: list[int]) -> None:
+        """Step 7: unless a snapshot is under way, start one of the partition whose state
+        log has grown the most past its due size since its last snapshot. It runs beside
+        the batches (`_snapshot`)."""
+        if self.snapshotting is not None and not self.snapshotting.done():
+            return
         due = [n for n in numbers if self.logs[n].snapshot_due(self.settings.snapshot_bytes)]
         if not due:
             return
         number = max(due, key=lambda n: self.logs[n].since_snapshot_bytes)
         acknowledged = {(tp.topic, tp.partition): at for tp, at in self.progress.acked.items()}
-        log = self.logs[number]
         before_ms = self.latest_ms[number] - self.settings.outcome_window_s * 1000
-        previous = log.store.snapshot
-        started = time.perf_counter()
+        compact = partial(_compacted, before_ms=before_ms, acknowledged=acknowledged)
+        self.snapshotting = asyncio.create_task(self._snapshot(number, compact))
+
+    async def _snapshot(self, number: int, compact: Callable[[str, bytes], bytes | None]) -> None:
+        """Snapshot partition `number`, then delete its log before the snapshot before this
+        one. The snapshot holds the batch lock for one part at a time (a record of about a
+        MiB, or a part of the outcomes archived), and batches commit between its parts: it
+        holds a batch up for one part, not for the whole partition. A snapshot whose
+        partition moves away meanwhile is left unfinished, so never named: restores use
+        the one before."""
+        log = self.logs[number]
+        held = False
+
+        async def between_parts() -> None:
+            nonlocal held
+            await self.faults.passed("snapshot-partly-written")
+            self.lock.release()
+            held = False
+            await self.lock.acquire()  # a batch waiting for the lock takes it first
+            held = True
+            if self.logs.get(number) is not log:
+                raise _Moved
+
+        await self.lock.acquire()
+        held = True
         try:
-            figures = await log.snapshot(
-                partial(_compacted, before_ms=before_ms, acknowledged=acknowledged),
-                self._archive,
-                lambda: self.faults.passed("snapshot-partly-written"),
-            )
+            if self.logs.get(number) is not log:
+                return
+            previous = log.store.snapshot
+            started = time.perf_counter()
+            figures = await log.snapshot(compact, self._archive, between_parts)
+            SNAPSHOTS.inc()
+            logger.info("partition %d: %s; %.2f s", number, figures, time.perf_counter() - started)
+            if previous is not None:
+                await self._trim(number, previous.base)
+        except _Moved:
+            logger.info("partition %d moved away: its snapshot is left unfinished", number)
         except Fenced as error:
             stop_worker(EXIT_FENCED, f"{error}; stopped while writing a snapshot")
-        SNAPSHOTS.inc()
-        logger.info("partition %d: %s; %.2f s", number, figures, time.perf_counter() - started)
-        if previous is not None:
-            await self._trim(number, previous.base)
+        except Exception:
+            stop_worker(EXIT_BUG, f"unexpected error while writing a snapshot of {number}")
+        finally:
+            if held:
+                self.lock.release()
 
     async def _archive(self, number: int, compact: dict[str, bytes]) -> None:
         """Store compact outcomes in partition `number` of the outcomes topic, acked."""

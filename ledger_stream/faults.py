@@ -23,7 +23,8 @@ POINTS = (
     "applied",  # the local store is written, no output sent
     "outputs-partly-sent",  # some outputs are acked, not all
     "outputs-sent",  # every output is acked, the input not yet acknowledged
-    "snapshot-partly-written",  # after the batch, a snapshot's record is acked, not its last
+    # a part of a snapshot is done (a record acked, or outcomes archived), not its last
+    "snapshot-partly-written",
 )
 EXIT_FAULT = 86
 ACTIONS = ("exit", "hang")

@@ -221,13 +221,17 @@ class PartitionLog:
         archive: Archive,
         between_records: Callable[[], Awaitable[None]],
     ) -> SnapshotFigures:
-        """Between batches: first hand the outcomes that `compact(key, outcome)` makes
-        compact (it gives their compact form, or None to keep one whole) to `archive`, which
-        returns once they are stored, and replace them locally with their compact form; then
-        write the accounts and the whole outcomes to the log as of its end, in records of
-        about `SNAPSHOT_RECORD_BYTES`, and an empty `last` record that completes the
-        snapshot. Both steps go about `SNAPSHOT_RECORD_BYTES` at a time, so what the
-        snapshot holds in memory does not grow with the partition."""
+        """First hand the outcomes that `compact(key, outcome)` makes compact (it gives
+        their compact form, or None to keep one whole) to `archive`, which returns once they
+        are stored, and replace them locally with their compact form; then write the
+        accounts and the whole outcomes to the log, in records of about
+        `SNAPSHOT_RECORD_BYTES`, and an empty `last` record that completes the snapshot.
+        Both steps go about `SNAPSHOT_RECORD_BYTES` at a time, so what the snapshot holds in
+        memory does not grow with the partition, and `between_records` runs after each part:
+        the writer commits batches there. Each record holds its keys as they are when it is
+        written (`PartitionStore.items`), so the snapshot's records and the commits between
+        them, applied in log order from the first one (the base), give the state as of the
+        log's end, whatever those commits changed."""
         previous = self.store.snapshot
         figures = SnapshotFigures()
 
@@ -249,9 +253,11 @@ class PartitionLog:
             pending += len(key) + len(smaller)
             if pending >= SNAPSHOT_RECORD_BYTES:
                 await make_compact(archived)
+                await between_records()
                 archived, pending = {}, 0
         if archived:
             await make_compact(archived)
+            await between_records()
         base: int | None = None
 
         async def write(changes: Changes, local: Changes | None = None, last: bool = False) -> None:
@@ -473,8 +479,9 @@ class PartitionLog:
         if head is not None:
             changes.head = head
         if base is not None:
-            # A snapshot's records hold the state as of its base: applied in order they
-            # change nothing but outcomes compacted meanwhile.
+            # A snapshot's record holds its keys as they were when it was written: applied
+            # in log order, with the commits between, it changes nothing a later record
+            # does not set again, but outcomes compacted meanwhile (whole wins over compact).
             size = read.snapshot_bytes.get(base, 0) + len(value)
             read.snapshot_bytes[base] = size
             if data.get("last"):

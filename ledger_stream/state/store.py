@@ -12,6 +12,7 @@ import logging
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -32,6 +33,7 @@ _SNAPSHOT = b"m:snapshot"
 IDENTITY_KEY = b"m:identity"
 MEMTABLE_BYTES = 8 * 1024 * 1024
 MEMORY_BYTES_DEFAULT = 256 * 1024 * 1024
+ITEMS_READ_AT_ONCE = 512  # keys `items` reads from one RocksDB iterator
 
 
 class Memory:
@@ -143,6 +145,7 @@ class PartitionStore:
     def __init__(self, path: Path, identity: str) -> None:
         self.path = path
         self.identity = identity
+        self.writes = 0  # write batches applied, so `items` knows when to read afresh
         self.db = self._open()
 
     def _open(self) -> rocksdict.Rdict:
@@ -196,14 +199,30 @@ class PartitionStore:
         return dict(self.items("accounts"))
 
     def items(self, table: Literal["accounts", "outcomes"]) -> Iterator[tuple[str, bytes]]:
-        """Every key and value of a table (`outcomes`: the whole ones), in key order, as of
-        the call (a RocksDB iterator reads one point in time, whatever is written meanwhile)."""
+        """Every key and value of a table (`outcomes`: the whole ones), in key order, each
+        value as it is when reached: after any write through this store, reading goes on
+        past the last key given, from the store as it is then. So a caller that writes
+        between items, or lets batches commit between them, never gets a value older than
+        the store's. No RocksDB iterator stays open between items (one reads a point in
+        time, and would keep a closed store's files open)."""
         prefix = _ACCOUNT if table == "accounts" else _OUTCOME
-        for key, value in self.db.items(from_key=prefix):
-            assert isinstance(key, bytes) and isinstance(value, bytes)  # raw mode
-            if not key.startswith(prefix):
-                break
-            yield key[len(prefix) :].decode(), value
+        after = prefix
+        while True:
+            writes = self.writes
+            read = list(islice(self.db.items(from_key=after), ITEMS_READ_AT_ONCE + 1))
+            for key, value in read:
+                assert isinstance(key, bytes) and isinstance(value, bytes)  # raw mode
+                if not key.startswith(prefix):
+                    return
+                if key == after:
+                    continue
+                yield key[len(prefix) :].decode(), value
+                after = key
+                if self.writes != writes:
+                    break
+            else:
+                if len(read) <= ITEMS_READ_AT_ONCE:
+                    return
 
     @property
     def position(self) -> Position:
@@ -241,3 +260,4 @@ class PartitionStore:
         position_value = {"next_offset": position.next_offset, "last_digest": position.last_digest}
         batch.put(_POSITION, orjson.dumps(position_value))
         self.db.write(batch)
+        self.writes += 1

@@ -403,7 +403,7 @@ async def test_a_commit_whose_ack_was_lost_is_recognised_as_landed_and_applied_o
     assert state == expected(first, second)
 
 
-# Snapshots: the whole state as of one offset, so an empty store need not read from 0.
+# Snapshots: the whole state from one offset on, so an empty store need not read from 0.
 
 
 async def between_records() -> None:
@@ -448,6 +448,41 @@ async def test_an_empty_store_restores_from_the_latest_snapshot_with_its_compact
     assert state == live
     assert "restoring from state offset 4 (a snapshot)" in caplog.text
     assert position.next_offset == 8  # after its own claim at 7
+
+
+async def test_commits_between_a_snapshots_records_are_kept_by_a_restore_from_it(
+    ledger: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer commits batches between a snapshot's records. Each record holds its keys
+    as they are when it is written, so the snapshot and the commits between, read in log
+    order, give the live state: a key changed behind the snapshot's progress (alice), one
+    changed ahead of it (carol, whose record must not hold its value from before the
+    commit), and keys added behind (aaron) and ahead (dave)."""
+    monkeypatch.setattr("ledger_stream.state.log.SNAPSHOT_RECORD_BYTES", 1)  # a key a record
+    store_dir = tmp_path / "store"
+    before = [commit_of(1, "alice"), commit_of(2, "bob"), commit_of(3, "carol")]
+    meanwhile = [commit_of(4, "alice", "carol", "aaron", "dave"), commit_of(5, "bob")]
+    async with state_writer(ledger, store_dir, "writer-a") as (log, appender):
+        await log.restore()
+        for commit in before:
+            await log.commit(commit)
+        to_commit = iter(meanwhile)
+
+        async def commit_a_batch() -> None:
+            for commit in to_commit:
+                await log.commit(commit)
+                return
+
+        figures = await log.snapshot(lambda key, value: None, appender.archive, commit_a_batch)
+        live = held(log.store)
+    assert live == expected(*before, *meanwhile)
+    kinds = [kind for _, kind, _, _ in await state_records(ledger)][figures.base :]
+    assert kinds[:4] == ["snapshot", "commit", "snapshot", "commit"]
+    assert figures.accounts == 4  # alice, then bob, carol and dave: aaron was behind it
+
+    shutil.rmtree(store_dir)
+    state, _ = await restored(ledger, store_dir)
+    assert state == live
 
 
 async def test_a_snapshot_archives_a_part_at_a_time_and_makes_a_part_compact_once_stored(
