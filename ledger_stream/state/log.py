@@ -219,7 +219,7 @@ class PartitionLog:
         self,
         compact: Callable[[str, bytes], bytes | None],
         archive: Archive,
-        between_records: Callable[[], Awaitable[None]],
+        between_parts: Callable[[], Awaitable[None]],
     ) -> SnapshotFigures:
         """First hand the outcomes that `compact(key, outcome)` makes compact (it gives
         their compact form, or None to keep one whole) to `archive`, which returns once they
@@ -227,7 +227,7 @@ class PartitionLog:
         accounts and the whole outcomes to the log, in records of about
         `SNAPSHOT_RECORD_BYTES`, and an empty `last` record that completes the snapshot.
         Both steps go about `SNAPSHOT_RECORD_BYTES` at a time, so what the snapshot holds in
-        memory does not grow with the partition, and `between_records` runs after each part:
+        memory does not grow with the partition, and `between_parts` runs after each part:
         the writer commits batches there. Each record holds its keys as they are when it is
         written (`PartitionStore.items`), so the snapshot's records and the commits between
         them, applied in log order from the first one (the base), give the state as of the
@@ -253,11 +253,11 @@ class PartitionLog:
             pending += len(key) + len(smaller)
             if pending >= SNAPSHOT_RECORD_BYTES:
                 await make_compact(archived)
-                await between_records()
+                await between_parts()
                 archived, pending = {}, 0
         if archived:
             await make_compact(archived)
-            await between_records()
+            await between_parts()
         base: int | None = None
 
         async def write(changes: Changes, local: Changes | None = None, last: bool = False) -> None:
@@ -291,11 +291,11 @@ class PartitionLog:
             pending += len(key) + len(value) + 4
             if pending >= SNAPSHOT_RECORD_BYTES:
                 await write(changes)
-                await between_records()
+                await between_parts()
                 changes, pending = Changes({}, {}), 0
         if changes.accounts or changes.outcomes or changes.head is not None:
             await write(changes)
-            await between_records()
+            await between_parts()
         assert base is not None
         figures.base = base
         done = Changes({}, {}, snapshot=SnapshotMark(base, figures.size_bytes))
