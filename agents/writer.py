@@ -78,7 +78,7 @@ from ledger_stream.messages import (
 from ledger_stream.outputs import Outbox
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
-from ledger_stream.state.log import Fenced, PartitionLog, RestoreProgress, commit_bytes_max
+from ledger_stream.state.log import Fenced, Part, PartitionLog, RestoreProgress, commit_bytes_max
 from ledger_stream.state.store import Changes, PartitionStore
 from ledger_stream.topics import STATE_RECORD_BYTES_MAX, TopicNames, connected_admin
 
@@ -485,9 +485,9 @@ class Writer:
         log = self.logs[number]
         held = False
 
-        async def between_parts() -> None:
+        async def between_parts(part: Part) -> None:
             nonlocal held
-            await self.faults.passed("snapshot-partly-written")
+            await self.faults.passed(f"snapshot-part-{part}")
             self.lock.release()
             held = False
             await self.lock.acquire()  # a batch waiting for the lock takes it first

@@ -23,8 +23,8 @@ POINTS = (
     "applied",  # the local store is written, no output sent
     "outputs-partly-sent",  # some outputs are acked, not all
     "outputs-sent",  # every output is acked, the input not yet acknowledged
-    # a part of a snapshot is done (a record acked, or outcomes archived), not its last
-    "snapshot-partly-written",
+    "snapshot-part-archived",  # a part of a snapshot's outcomes is archived and made compact
+    "snapshot-part-written",  # a record of a snapshot is acked, not its last
 )
 EXIT_FAULT = 86
 ACTIONS = ("exit", "hang")

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -41,6 +41,9 @@ APPEND_ATTEMPTS_MAX = 20  # tries to land a claim or a commit at the end it read
 APPLY_RECORDS_MAX = 1000  # records applied per local write batch while restoring
 SNAPSHOT_RECORD_BYTES = 1024 * 1024  # state carried by one snapshot record
 SNAPSHOT_SCAN_MAX = 1000  # records read back from the end to find the latest snapshot
+
+# A part of a snapshot: outcomes archived and made compact, or a record of it written.
+Part: TypeAlias = Literal["archived", "written"]
 
 # Appends one record to a state partition and returns the offset it landed at.
 Append = Callable[[int, bytes], Awaitable[int]]
@@ -219,7 +222,7 @@ class PartitionLog:
         self,
         compact: Callable[[str, bytes], bytes | None],
         archive: Archive,
-        between_parts: Callable[[], Awaitable[None]],
+        between_parts: Callable[[Part], Awaitable[None]],
     ) -> SnapshotFigures:
         """First hand the outcomes that `compact(key, outcome)` makes compact (it gives
         their compact form, or None to keep one whole) to `archive`, which returns once they
@@ -227,11 +230,12 @@ class PartitionLog:
         accounts and the whole outcomes to the log, in records of about
         `SNAPSHOT_RECORD_BYTES`, and an empty `last` record that completes the snapshot.
         Both steps go about `SNAPSHOT_RECORD_BYTES` at a time, so what the snapshot holds in
-        memory does not grow with the partition, and `between_parts` runs after each part:
-        the writer commits batches there. Each record holds its keys as they are when it is
-        written (`PartitionStore.items`), so the snapshot's records and the commits between
-        them, applied in log order from the first one (the base), give the state as of the
-        log's end, whatever those commits changed."""
+        memory does not grow with the partition, and `between_parts` runs after each part,
+        told which it was ("archived" or "written"): the writer commits batches there. Each
+        record holds its keys as they are when it is written (`PartitionStore.items`), so
+        the snapshot's records and the commits between them, applied in log order from the
+        first one (the base), give the state as of the log's end, whatever those commits
+        changed."""
         previous = self.store.snapshot
         figures = SnapshotFigures()
 
@@ -253,11 +257,11 @@ class PartitionLog:
             pending += len(key) + len(smaller)
             if pending >= SNAPSHOT_RECORD_BYTES:
                 await make_compact(archived)
-                await between_parts()
+                await between_parts("archived")
                 archived, pending = {}, 0
         if archived:
             await make_compact(archived)
-            await between_parts()
+            await between_parts("archived")
         base: int | None = None
 
         async def write(changes: Changes, local: Changes | None = None, last: bool = False) -> None:
@@ -291,11 +295,11 @@ class PartitionLog:
             pending += len(key) + len(value) + 4
             if pending >= SNAPSHOT_RECORD_BYTES:
                 await write(changes)
-                await between_parts()
+                await between_parts("written")
                 changes, pending = Changes({}, {}), 0
         if changes.accounts or changes.outcomes or changes.head is not None:
             await write(changes)
-            await between_parts()
+            await between_parts("written")
         assert base is not None
         figures.base = base
         done = Changes({}, {}, snapshot=SnapshotMark(base, figures.size_bytes))

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 from ledger_stream.kafka.reading import read_topic, reader
 from ledger_stream.messages import JournalHead
 from ledger_stream.settings import Settings
-from ledger_stream.state.log import Fenced, PartitionLog, encode
+from ledger_stream.state.log import Fenced, Part, PartitionLog, encode
 from ledger_stream.state.store import Changes, PartitionStore, Position
 from ledger_stream.topics import TopicNames, ensure_topics
 
@@ -406,7 +406,7 @@ async def test_a_commit_whose_ack_was_lost_is_recognised_as_landed_and_applied_o
 # Snapshots: the whole state from one offset on, so an empty store need not read from 0.
 
 
-async def between_records() -> None:
+async def between_parts(part: Part) -> None:
     return None
 
 
@@ -428,7 +428,7 @@ async def test_an_empty_store_restores_from_the_latest_snapshot_with_its_compact
         await log.restore()
         for commit in (commit_of(1, "alice"), commit_of(2, "bob"), commit_of(3, "carol")):
             await log.commit(commit)
-        figures = await log.snapshot(compact_odd, appender.archive, between_records)
+        figures = await log.snapshot(compact_odd, appender.archive, between_parts)
         await log.commit(commit_of(4, "alice"))
         live = held(log.store)
     assert (figures.base, figures.accounts, figures.outcomes, figures.archived) == (4, 3, 1, 2)
@@ -468,7 +468,7 @@ async def test_commits_between_a_snapshots_records_are_kept_by_a_restore_from_it
             await log.commit(commit)
         to_commit = iter(meanwhile)
 
-        async def commit_a_batch() -> None:
+        async def commit_a_batch(part: Part) -> None:
             for commit in to_commit:
                 await log.commit(commit)
                 return
@@ -506,15 +506,24 @@ async def test_a_snapshot_archives_a_part_at_a_time_and_makes_a_part_compact_onc
         for commit in commits:
             await log.commit(commit)
         with pytest.raises(Crash):
-            await log.snapshot(compact_odd, archive_then_crash, between_records)
+            await log.snapshot(compact_odd, archive_then_crash, between_parts)
         assert parts == [["cmd:1"], ["cmd:3"]]
         assert held(log.store)[1] == {
             "cmd:1": b'{"fingerprint":"c1"}',  # stored: compact
             **{f"cmd:{seq}": b'{"fingerprint":"f%d"}' % seq for seq in range(2, 6)},
         }
-        figures = await log.snapshot(compact_odd, appender.archive, between_records)
+        ended: list[Part] = []
+
+        async def part_ended(part: Part) -> None:
+            ended.append(part)
+
+        figures = await log.snapshot(compact_odd, appender.archive, part_ended)
         live = held(log.store)
     assert (figures.outcomes, figures.archived) == (2, 2)  # cmd:1 was compact already
+    # Each part told apart (the writer's crash points): cmd:3 and cmd:5 archived, then a
+    # record for alice and one for each whole outcome (cmd:2, cmd:4; the compact ones are
+    # in the archive).
+    assert ended == ["archived"] * 2 + ["written"] * 3
     assert live[1] == {
         f"cmd:{seq}": b'{"fingerprint":"%s%d"}' % (b"c" if seq % 2 else b"f", seq)
         for seq in range(1, 6)
@@ -534,13 +543,13 @@ async def test_a_snapshot_cut_short_is_ignored_and_a_restore_starts_at_the_one_b
     store_dir = tmp_path / "store"
     commits = [commit_of(1, "alice"), commit_of(2, "bob"), commit_of(3, "carol")]
 
-    async def crash() -> None:
+    async def crash(part: Part) -> None:
         raise Crash
 
     async with state_writer(ledger, store_dir, "writer-a") as (log, appender):
         await log.restore()
         await log.commit(commits[0])
-        first = await log.snapshot(lambda key, value: None, appender.archive, between_records)
+        first = await log.snapshot(lambda key, value: None, appender.archive, between_parts)
         await log.commit(commits[1])
         with pytest.raises(Crash):
             await log.snapshot(lambda key, value: None, appender.archive, crash)
@@ -569,7 +578,7 @@ async def test_a_snapshot_of_a_writer_claimed_meanwhile_is_void_and_fences_it(
 
         appender.before_next = new_owner_claims
         with pytest.raises(Fenced):
-            await old.snapshot(lambda key, value: None, appender.archive, between_records)
+            await old.snapshot(lambda key, value: None, appender.archive, between_parts)
     records = await state_records(ledger)
     assert [(kind, offset == expect) for offset, kind, expect, _ in records[2:]] == [
         ("claim", True),
