@@ -288,7 +288,7 @@ class Writer:
         A fetch sent while the batch is written would be on the broker before the legs the
         batch sends to this writer's own partitions, and the embedded broker does not
         answer a waiting fetch when data arrives: it would see them only at its next look,
-        half its wait later (`LEDGER_FETCH_WAIT_MS`). Fetching again once they are sent
+        half its wait or more later (`LEDGER_FETCH_WAIT_MS`). Fetching again once they are sent
         reads them at once, so a transfer across partitions is answered about as fast as
         one within. Under load the next fetch is worth more sent early, and Apache Kafka
         answers a waiting fetch as soon as data arrives: both go on fetching meanwhile.
