@@ -149,7 +149,7 @@ RESTORE_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
 )
 
-# A batch of at most this many records finds the ledger nearly idle (_pause_while_writing).
+# A batch of at most this many records finds the ledger nearly idle (pause_while_writing).
 NEARLY_IDLE_RECORDS_MAX = 8
 EXIT_BUG = 70  # EX_SOFTWARE
 EXIT_BROKER_GONE = 75  # EX_TEMPFAIL
@@ -256,7 +256,7 @@ class Writer:
                     timeout_ms=200, max_records=settings.batch_size_max
                 )
                 if batch:
-                    paused = self._pause_while_writing(self.consumer, batch)
+                    paused = pause_while_writing(self.consumer, batch, self.embedded)
                     try:
                         async with self.lock:
                             await self._write_batch_or_stop(batch)
@@ -276,28 +276,6 @@ class Writer:
                 await self.admin.close()
             for log in self.logs.values():
                 log.store.close()
-
-    def _pause_while_writing(
-        self,
-        consumer: AIOKafkaConsumer,
-        batch: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]],
-    ) -> set[TopicPartition]:
-        """On the embedded broker, when the ledger is nearly idle (a batch of a few records),
-        pause the writer's partitions until `batch` is written, and return them.
-
-        A fetch sent while the batch is written would be on the broker before the legs the
-        batch sends to this writer's own partitions, and the embedded broker does not
-        answer a waiting fetch when data arrives: it would see them only at its next look,
-        half its wait or more later (`LEDGER_FETCH_WAIT_MS`). Fetching again once they are sent
-        reads them at once, so a transfer across partitions is answered about as fast as
-        one within. Under load the next fetch is worth more sent early, and Apache Kafka
-        answers a waiting fetch as soon as data arrives: both go on fetching meanwhile.
-        """
-        if not self.embedded or sum(map(len, batch.values())) > NEARLY_IDLE_RECORDS_MAX:
-            return set()
-        paused = consumer.assignment()
-        consumer.pause(*paused)  # nothing is buffered: `getmany` took all it had
-        return paused
 
     async def acquire(self, assigned: set[TopicPartition]) -> None:
         """Restore and claim each newly assigned partition before deciding anything of it."""
@@ -751,6 +729,29 @@ def _compacted(
 ) -> bytes | None:
     """`core.compacted` of a stored whole outcome, for `PartitionLog.snapshot`."""
     return compacted(key, from_json(whole, Outcome), before_ms, acknowledged)
+
+
+def pause_while_writing(
+    consumer: AIOKafkaConsumer,
+    batch: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]],
+    embedded: bool,
+) -> frozenset[TopicPartition]:
+    """On the embedded broker, when the ledger is nearly idle (a batch of a few records),
+    pause the writer's partitions until `batch` is written, and return them.
+
+    A fetch sent while the batch is written would be on the broker before the legs the
+    batch sends to this writer's own partitions, and the embedded broker does not answer a
+    waiting fetch when data arrives: it would see them only at its next look, half its wait
+    or more later (`LEDGER_FETCH_WAIT_MS`). Fetching again once they are sent reads them at
+    once, so a transfer across partitions is answered about as fast as one within. Under
+    load the next fetch is worth more sent early, and Apache Kafka answers a waiting fetch
+    as soon as data arrives: both go on fetching meanwhile.
+    """
+    if not embedded or sum(map(len, batch.values())) > NEARLY_IDLE_RECORDS_MAX:
+        return frozenset()
+    paused: frozenset[TopicPartition] = consumer.assignment()
+    consumer.pause(*paused)  # nothing is buffered: `getmany` took all it had
+    return paused
 
 
 def _serialized(decision: Decision) -> Changes:
