@@ -32,7 +32,7 @@ import os
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -256,12 +256,9 @@ class Writer:
                     timeout_ms=200, max_records=settings.batch_size_max
                 )
                 if batch:
-                    paused = pause_while_writing(self.consumer, batch, self.embedded)
-                    try:
+                    with pause_while_writing(self.consumer, batch, self.embedded):
                         async with self.lock:
                             await self._write_batch_or_stop(batch)
-                    finally:
-                        self.consumer.resume(*(paused & self.consumer.assignment()))
         finally:
             watcher.cancel()
             timer.cancel()
@@ -479,16 +476,17 @@ class Writer:
         acknowledged = {(tp.topic, tp.partition): at for tp, at in self.progress.acked.items()}
         before_ms = self.latest_ms[number] - self.settings.outcome_window_s * 1000
         compact = partial(_compacted, before_ms=before_ms, acknowledged=acknowledged)
-        self.snapshotting = asyncio.create_task(self._snapshot(number, compact))
+        self.snapshotting = asyncio.create_task(self._snapshot(number, self.logs[number], compact))
 
-    async def _snapshot(self, number: int, compact: Callable[[str, bytes], bytes | None]) -> None:
+    async def _snapshot(
+        self, number: int, log: PartitionLog, compact: Callable[[str, bytes], bytes | None]
+    ) -> None:
         """Snapshot partition `number`, then delete its log before the snapshot before this
         one. The snapshot holds the batch lock for one part at a time (a record of about a
         MiB, or a part of the outcomes archived), and batches commit between its parts: it
         holds a batch up for one part, not for the whole partition. A snapshot whose
         partition moves away meanwhile is left unfinished, so never named: restores use
         the one before."""
-        log = self.logs[number]
         held = False
 
         async def between_parts(part: Part) -> None:
@@ -731,27 +729,33 @@ def _compacted(
     return compacted(key, from_json(whole, Outcome), before_ms, acknowledged)
 
 
+@contextlib.contextmanager
 def pause_while_writing(
     consumer: AIOKafkaConsumer,
     batch: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]],
     embedded: bool,
-) -> frozenset[TopicPartition]:
+) -> Iterator[None]:
     """On the embedded broker, when the ledger is nearly idle (a batch of a few records),
-    pause the writer's partitions until `batch` is written, and return them.
+    pause the writer's partitions while `batch` is written (the block), then resume those
+    still assigned.
 
     A fetch sent while the batch is written would be on the broker before the legs the
     batch sends to this writer's own partitions, and the embedded broker does not answer a
     waiting fetch when data arrives: it would see them only at its next look, half its wait
     or more later (`LEDGER_FETCH_WAIT_MS`). Fetching again once they are sent reads them at
-    once, so a transfer across partitions is answered about as fast as one within. Under
+    once, so a transfer across partitions is answered a few ms after one within. Under
     load the next fetch is worth more sent early, and Apache Kafka answers a waiting fetch
     as soon as data arrives: both go on fetching meanwhile.
     """
     if not embedded or sum(map(len, batch.values())) > NEARLY_IDLE_RECORDS_MAX:
-        return frozenset()
+        yield
+        return
     paused: frozenset[TopicPartition] = consumer.assignment()
     consumer.pause(*paused)  # nothing is buffered: `getmany` took all it had
-    return paused
+    try:
+        yield
+    finally:  # a partition revoked meanwhile is no longer this consumer's to resume
+        consumer.resume(*(paused & consumer.assignment()))
 
 
 def _serialized(decision: Decision) -> Changes:

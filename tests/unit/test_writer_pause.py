@@ -29,13 +29,26 @@ def batch_of(records: int) -> dict[TopicPartition, list[Any]]:
     return {COMMANDS: [object()] * records}
 
 
-async def test_a_nearly_idle_writer_pauses_every_partition_and_gets_them_back(
+async def test_a_nearly_idle_writer_pauses_every_partition_while_it_writes(
     consumer: AIOKafkaConsumer,
 ) -> None:
-    paused = pause_while_writing(consumer, batch_of(NEARLY_IDLE_RECORDS_MAX), embedded=True)
-    assert paused == {COMMANDS, LEGS}  # the legs' partition too, though the batch had none
-    assert consumer.paused() == {COMMANDS, LEGS}
-    consumer.resume(*(paused & consumer.assignment()))
+    with pause_while_writing(consumer, batch_of(NEARLY_IDLE_RECORDS_MAX), embedded=True):
+        assert consumer.paused() == {COMMANDS, LEGS}  # the legs' too, though none came
+    assert consumer.paused() == set()
+
+
+async def test_partitions_are_resumed_when_the_batch_fails_or_one_was_revoked(
+    consumer: AIOKafkaConsumer,
+) -> None:
+    with (
+        pytest.raises(RuntimeError),
+        pause_while_writing(consumer, batch_of(1), embedded=True),
+    ):
+        raise RuntimeError("the batch")
+    assert consumer.paused() == set()
+    with pause_while_writing(consumer, batch_of(1), embedded=True):
+        consumer.assign([COMMANDS])  # a rebalance took LEGS meanwhile
+        consumer.pause(COMMANDS)
     assert consumer.paused() == set()
 
 
@@ -43,5 +56,5 @@ async def test_a_nearly_idle_writer_pauses_every_partition_and_gets_them_back(
 async def test_under_load_or_on_apache_kafka_the_writer_goes_on_fetching(
     consumer: AIOKafkaConsumer, records: int, embedded: bool
 ) -> None:
-    assert pause_while_writing(consumer, batch_of(records), embedded) == frozenset()
-    assert consumer.paused() == set()
+    with pause_while_writing(consumer, batch_of(records), embedded):
+        assert consumer.paused() == set()
