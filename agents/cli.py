@@ -357,12 +357,14 @@ def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 def _broker(args: argparse.Namespace) -> int:
     from ledger_stream.kafka.broker import EmbeddedBroker
+    from ledger_stream.local import EMBEDDED_FETCH_WAIT_MS
 
     broker = EmbeddedBroker(port=args.port)
     broker.start()
     print(f"embedded broker (Tansu, memory storage) listening on {broker.bootstrap}", flush=True)
     print(
-        f"  LEDGER_FETCH_WAIT_MS=50 ledger-stream worker --bootstrap {broker.bootstrap}",
+        f"  LEDGER_FETCH_WAIT_MS={EMBEDDED_FETCH_WAIT_MS} ledger-stream worker "
+        f"--bootstrap {broker.bootstrap}",
         flush=True,
     )
     stopped = threading.Event()

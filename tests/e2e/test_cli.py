@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from ledger_stream.client import LedgerClient
 from ledger_stream.journal import read_journal
 from ledger_stream.kafka.broker import free_port, probe_metadata
-from ledger_stream.local import start_local_ledger
+from ledger_stream.local import EMBEDDED_FETCH_WAIT_MS, start_local_ledger
 from ledger_stream.messages import replaced, to_json
 from ledger_stream.partitioning import partition_of
 from ledger_stream.settings import Settings
@@ -127,6 +127,10 @@ def test_broker_command_serves_kafka_until_sigterm() -> None:
             first = process.stdout.readline()
             assert first, "broker exited before it was ready"
         assert f"127.0.0.1:{port}" in first
+        # How to run a worker against it, with the fetch wait the local ledger uses there.
+        assert f"LEDGER_FETCH_WAIT_MS={EMBEDDED_FETCH_WAIT_MS} ledger-stream worker" in (
+            process.stdout.readline()
+        )
         assert probe_metadata("127.0.0.1", port) >= 1
     finally:
         process.send_signal(signal.SIGTERM)
