@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     broker = commands.add_parser("broker", help="run the embedded Kafka-compatible broker")
-    broker.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    broker.add_argument("--port", type=_port, default=None, help="port (default: a free one)")
     broker.set_defaults(run=_broker)
 
     worker = commands.add_parser("worker", help="run a ledger worker (creates missing topics)")
@@ -334,6 +334,13 @@ def _positive(text: str) -> int:
     return number
 
 
+def _port(text: str) -> int:
+    number = int(text)
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {number}")
+    return number
+
+
 def _time(text: str) -> int:
     from ledger_stream.export import parse_time
 
@@ -359,18 +366,22 @@ def _broker(args: argparse.Namespace) -> int:
     from ledger_stream.kafka.broker import EmbeddedBroker
     from ledger_stream.local import EMBEDDED_FETCH_WAIT_MS
 
-    broker = EmbeddedBroker(port=args.port)
-    broker.start()
-    print(f"embedded broker (Tansu, memory storage) listening on {broker.bootstrap}", flush=True)
-    print(
-        f"  LEDGER_FETCH_WAIT_MS={EMBEDDED_FETCH_WAIT_MS} ledger-stream worker "
-        f"--bootstrap {broker.bootstrap}",
-        flush=True,
-    )
+    # Set before the broker starts, so that a signal while it starts stops it too: the
+    # broker runs in a session of its own and gets no signal sent to this process.
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
+    broker = EmbeddedBroker(port=args.port)
     try:
+        broker.start()
+        print(
+            f"embedded broker (Tansu, memory storage) listening on {broker.bootstrap}", flush=True
+        )
+        print(
+            f"  LEDGER_FETCH_WAIT_MS={EMBEDDED_FETCH_WAIT_MS} ledger-stream worker "
+            f"--bootstrap {broker.bootstrap}",
+            flush=True,
+        )
         stopped.wait()
     finally:
         broker.stop()

@@ -137,6 +137,46 @@ def test_broker_command_serves_kafka_until_sigterm() -> None:
         assert process.wait(30) == 0
 
 
+def test_broker_command_terminated_while_its_broker_starts_stops_that_broker() -> None:
+    """The broker runs in a session of its own, so only the command can stop it: a SIGTERM
+    sent as soon as the broker process exists, before it answers, must not leave it running."""
+    process = subprocess.Popen(
+        [*CLI, "broker", "--port", str(free_port())],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    children: list[int] = []
+    try:
+        while not children and process.poll() is None:
+            children = _children(process.pid)
+        assert children, "the command exited before it started a broker"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        for pid in children:
+            assert not _running(pid), f"broker pid {pid} was left running"
+    finally:
+        for pid in [process.pid, *children]:
+            with contextlib.suppress(ProcessLookupError):
+                if _running(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _children(parent: int) -> list[int]:
+    """The pids of `parent`'s child processes, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_bad_broker_port_is_named_in_the_error() -> None:
+    done = run_cli("broker", "--port", "0")
+    assert done.returncode == 2
+    assert "--port: expected a port from 1 to 65535, got 0" in done.stderr
+
+
 def test_bench_compare_measures_the_ledger_unbatched_and_postgres_on_one_workload() -> None:
     done = run_cli(
         *("bench", "--accounts", "50", "--partitions", "2", "--duration", "3"),
