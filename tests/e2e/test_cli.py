@@ -155,10 +155,7 @@ def test_broker_command_terminated_while_its_broker_starts_stops_that_broker() -
         for pid in children:
             assert not _running(pid), f"broker pid {pid} was left running"
     finally:
-        for pid in [process.pid, *children]:
-            with contextlib.suppress(ProcessLookupError):
-                if _running(pid):
-                    os.kill(pid, signal.SIGKILL)
+        _kill_left([process.pid, *children])
 
 
 def _children(parent: int) -> list[int]:
@@ -256,10 +253,15 @@ def test_a_terminated_bench_stops_the_broker_and_workers_it_started() -> None:
         for pid in started:
             assert not _running(pid), f"pid {pid} was left running"
     finally:
-        for pid in [process.pid, *started]:
-            with contextlib.suppress(ProcessLookupError):
-                if _running(pid):
-                    os.kill(pid, signal.SIGKILL)
+        _kill_left([process.pid, *started])
+
+
+def _kill_left(pids: list[int]) -> None:
+    """SIGKILL whichever of `pids` a failed test left running."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _running(pid: int) -> bool:
